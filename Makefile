@@ -1,0 +1,57 @@
+# serverless-comfyui: the two commands a newcomer needs are `make up` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml | sha1sum | cut -c1-12)
+TOOLS_STAMP := .tools/bin/.built-$(shell cat scripts/tools.env scripts/build-tools.sh | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools lint fmt test test-unit test-integration up down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): operator/pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -e 'operator[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP) ## create .venv with the pinned Python dependencies
+
+$(TOOLS_STAMP): scripts/tools.env scripts/build-tools.sh
+	bash scripts/build-tools.sh
+	@rm -f .tools/bin/.built-*; touch $@
+
+tools: $(TOOLS_STAMP) ## build etcd, kube-*, kubectl, kwok, helm from Go modules into .tools/bin
+
+lint: venv ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check operator/src tests
+	$(VENV)/bin/ruff format --check operator/src tests
+	$(VENV)/bin/mypy
+
+fmt: venv ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix operator/src tests
+	$(VENV)/bin/ruff format operator/src tests
+
+test: tools venv lint ## lint, then all tests (unit + integration on a real control plane)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only (no control plane)
+	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
+
+test-integration: tools venv ## integration tests on the real control plane
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+up: tools venv ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods)
+	$(PY) -m serverless_comfyui.testworld up --state-dir .local
+
+down: ## stop everything `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m serverless_comfyui.testworld down --state-dir .local; else echo "nothing to stop"; fi
+
+clean: down ## remove the virtualenv, the local state and the tool links (not the per-user tool cache)
+	rm -rf $(VENV) .local .tools .pytest_cache .mypy_cache .ruff_cache

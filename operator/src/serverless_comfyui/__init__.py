@@ -1,0 +1,1 @@
+"""serverless-comfyui: scale-to-zero ComfyUI on Kubernetes."""

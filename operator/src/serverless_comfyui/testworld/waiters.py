@@ -1,0 +1,64 @@
+"""Async helpers for tests and benchmarks: wait for Kubernetes state by watching, not polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes_asyncio import client, watch
+
+
+def pod_ready(pod: Any) -> bool:
+    for condition in pod.status.conditions or []:
+        if condition.type == "Ready":
+            return bool(condition.status == "True")
+    return False
+
+
+async def wait_for_pods(
+    core: client.CoreV1Api,
+    namespace: str,
+    selector: str,
+    done: Callable[[dict[str, Any]], bool],
+    wait_seconds: float = 60.0,
+    on_event: Callable[[str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Watches the pods matching selector until done(pods by name) is true; returns those pods.
+    on_event sees every (event type, pod) the watch delivers."""
+    listing = await core.list_namespaced_pod(namespace, label_selector=selector)
+    pods = {p.metadata.name: p for p in listing.items}
+    if done(pods):
+        return pods
+    resource_version = listing.metadata.resource_version
+
+    async def follow() -> dict[str, Any]:
+        nonlocal resource_version
+        while True:
+            stream = watch.Watch().stream(
+                core.list_namespaced_pod,
+                namespace,
+                label_selector=selector,
+                resource_version=resource_version,
+                timeout_seconds=int(wait_seconds) + 5,
+            )
+            async for event in stream:
+                pod = event["object"]
+                resource_version = pod.metadata.resource_version
+                if on_event is not None:
+                    on_event(event["type"], pod)
+                if event["type"] == "DELETED":
+                    pods.pop(pod.metadata.name, None)
+                else:
+                    pods[pod.metadata.name] = pod
+                if done(pods):
+                    return pods
+
+    try:
+        return await asyncio.wait_for(follow(), wait_seconds)
+    except TimeoutError:
+        summary = {
+            name: (p.status.phase, p.spec.node_name, p.status.pod_ip, pod_ready(p))
+            for name, p in pods.items()
+        }
+        raise TimeoutError(f"pods {selector} in {namespace} not as expected: {summary}") from None

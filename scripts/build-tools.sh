@@ -115,12 +115,4 @@ link_tool kwok "$CACHE/kwok-$KWOK_VERSION"
 if cached helm "$HELM_VERSION"; then log "helm $HELM_VERSION: cached"; else timed "helm $HELM_VERSION" build_helm; fi
 link_tool helm "$CACHE/helm-$HELM_VERSION"
 
-# kwok's stage definitions ship in its module; the test world needs them.
-KWOK_STAGES="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
-if [ ! -d "$KWOK_STAGES" ]; then
-  go mod download "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1 || true
-fi
-mkdir -p "$ROOT/.tools/kwok-stages"
-if [ -d "$KWOK_STAGES" ]; then cp -r "$KWOK_STAGES/." "$ROOT/.tools/kwok-stages/"; chmod -R u+w "$ROOT/.tools/kwok-stages"; fi
-
 log "all tools ready in .tools/bin ($((SECONDS - total_start))s)"

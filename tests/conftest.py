@@ -5,6 +5,9 @@ skips."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +16,8 @@ import pytest
 from kubernetes_asyncio import client, config
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
+from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COMFYUI_FIXTURES = FIXTURES / "comfyui-0.8.0"
@@ -63,3 +68,71 @@ async def namespace(kube: client.ApiClient) -> AsyncIterator[str]:
         await asyncio.sleep(0.1)
     yield name
     await core.delete_namespace(name, propagation_policy="Background")
+
+
+CHART = Path(__file__).parents[1] / "charts" / "serverless-comfyui"
+CRD_FILE = CHART / "crds" / "fluxworkflows.serverless-comfyui.io.yaml"
+
+
+@pytest.fixture
+async def models_claim(
+    kube: client.ApiClient, namespace: str, tmp_path: Path
+) -> AsyncIterator[Path]:
+    """The seed's claim `pvc-capacity-userdata` in the test namespace, backed by a host folder."""
+    host_dir = tmp_path / "pvc-capacity-userdata"
+    host_dir.mkdir()
+    core = client.CoreV1Api(kube)
+    await create_hostpath_claim(core, namespace, "pvc-capacity-userdata", str(host_dir))
+    yield host_dir
+    await core.delete_persistent_volume(f"{namespace}-pvc-capacity-userdata")
+
+
+@pytest.fixture(scope="session")
+def crd(world: TestWorld) -> Path:
+    """The FluxWorkflow CRD from the chart, installed and established."""
+    applied = world.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    assert applied.returncode == 0, applied.stderr
+    established = world.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/fluxworkflows.serverless-comfyui.io",
+    )
+    assert established.returncode == 0, established.stderr
+    return CRD_FILE
+
+
+@pytest.fixture(scope="session")
+def operator(world: TestWorld, crd: Path) -> Iterator[ManagedProcess]:
+    """The operator running as a host process against the test world, as it would in-cluster."""
+    proc = start_operator(world)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def start_operator(world: TestWorld, name: str = "operator") -> ManagedProcess:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(world.kubeconfig),
+        "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
+        "SERVERLESS_COMFYUI_PROXY_URL": "http://127.0.0.1:8080",
+    }
+    proc = ManagedProcess(
+        name,
+        [sys.executable, "-m", "serverless_comfyui.controller"],
+        world.logs / f"{name}.log",
+        env=env,
+    )
+    proc.start()
+    world.processes.append(proc)
+
+    def healthy() -> bool:
+        proc.ensure_alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+
+    wait_until(healthy, 60, "the operator's liveness endpoint")
+    return proc

@@ -36,13 +36,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class ProcessDiedError(RuntimeError):
+    """A process that was expected to run has exited."""
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Calls check until it returns True; raises TimeoutError naming what was awaited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ProcessDiedError:
+            raise
+        except Exception:
+            pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -78,7 +86,7 @@ class ManagedProcess:
 
     def ensure_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
-            raise RuntimeError(
+            raise ProcessDiedError(
                 f"{self.name} exited with code {self.popen.returncode}; "
                 f"last log lines:\n{self.tail()}"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from kubernetes_asyncio import client, watch
 
@@ -62,3 +62,46 @@ async def wait_for_pods(
             for name, p in pods.items()
         }
         raise TimeoutError(f"pods {selector} in {namespace} not as expected: {summary}") from None
+
+
+async def create_hostpath_claim(
+    core: client.CoreV1Api, namespace: str, claim: str, host_dir: str, size: str = "100Gi"
+) -> None:
+    """A PVC statically bound to a hostPath PV: the test world has no storage provisioner, and
+    the pod runner maps hostPath PVs to host directories for the processes it runs."""
+    pv_name = f"{namespace}-{claim}"
+    await core.create_persistent_volume(
+        cast(
+            Any,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            },
+        )
+    )
+    await core.create_namespaced_persistent_volume_claim(
+        namespace,
+        cast(
+            Any,
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": size}},
+                },
+            },
+        ),
+    )

@@ -1,0 +1,177 @@
+"""The operator on the real control plane: FluxWorkflow -> Job -> Deployment, status, scale."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
+from serverless_comfyui.testworld import TestWorld
+from serverless_comfyui.testworld.nodes import H100_PRODUCT
+from serverless_comfyui.testworld.processes import ManagedProcess
+
+FLUX_MODELS = [
+    {
+        "name": "flux1-dev.safetensors",
+        "url": "http://127.0.0.1:9/flux1-dev.safetensors",
+        "dir": "diffusion_models",
+    },
+    {"name": "ae.safetensors", "url": "http://127.0.0.1:9/ae.safetensors", "dir": "vae"},
+]
+
+
+def flux_workflow(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FluxWorkflow",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "ghcr.io/serverless-comfyui/comfyui:test",
+            "resourceProfile": "gpu-h100-80gb-hbm3:1",
+            "workflow": {"name": "flux_dev_t5fp8"},
+            **spec,
+        },
+    }
+
+
+async def get_fw(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    api = client.CustomObjectsApi(kube)
+    obj: dict[str, Any] = await api.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+async def wait_fw(
+    kube: client.ApiClient,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    seconds: float = 30,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for _ in range(int(seconds * 10)):
+        obj = await get_fw(kube, namespace, name)
+        if check(obj):
+            return obj
+        await asyncio.sleep(0.1)
+    raise AssertionError(
+        f"FluxWorkflow {name} never reached the expected state: {obj.get('status')}"
+    )
+
+
+def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: obj.get("status", {}).get("phase") == expected
+
+
+async def create_fw(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    api = client.CustomObjectsApi(kube)
+    await api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+async def test_scaled_to_zero_workflow_gets_a_gpu_deployment_with_zero_replicas(
+    kube: client.ApiClient, namespace: str, operator: ManagedProcess, models_claim: Path
+) -> None:
+    await create_fw(kube, namespace, flux_workflow("idle"))
+    obj = await wait_fw(kube, namespace, "idle", phase("ScaledToZero"))
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["ModelsReady"]["status"] == "True"
+    assert conditions["Ready"]["reason"] == "ScaledToZero"
+    assert status["replicas"] == 0
+
+    apps = client.AppsV1Api(kube)
+    deployment = await apps.read_namespaced_deployment("idle-comfyui", namespace)
+    assert deployment.spec.replicas == 0
+    pod = deployment.spec.template.spec
+    assert pod.node_selector == {"nvidia.com/gpu.product": H100_PRODUCT}
+    assert [t.key for t in pod.tolerations] == ["nvidia.com/gpu"]
+    assert pod.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert deployment.metadata.owner_references[0].kind == "FluxWorkflow"
+    cm = await client.CoreV1Api(kube).read_namespaced_config_map("idle-workflow", namespace)
+    graph = json.loads(cm.data["workflow.json"])
+    assert {n["class_type"] for n in graph.values()} >= {"UNETLoader", "SaveImage"}
+
+
+async def test_models_download_before_any_gpu_pod(
+    kube: client.ApiClient, namespace: str, operator: ManagedProcess, models_claim: Path
+) -> None:
+    apps, batch = client.AppsV1Api(kube), client.BatchV1Api(kube)
+    await create_fw(kube, namespace, flux_workflow("dl", models=FLUX_MODELS))
+    job = None
+    for _ in range(100):
+        try:
+            job = await batch.read_namespaced_job("dl-models", namespace)
+            break
+        except ApiException:
+            await asyncio.sleep(0.1)
+    assert job is not None, "no download Job"
+    container = job.spec.template.spec.containers[0]
+    assert "nvidia.com/gpu" not in (container.resources.limits or {})
+    # The Job completes (KWOK completes Job pods), then the Deployment appears.
+    await wait_fw(kube, namespace, "dl", phase("ScaledToZero"))
+    deployment = await apps.read_namespaced_deployment("dl-comfyui", namespace)
+    assert deployment.spec.replicas == 0
+
+
+async def test_missing_claim_is_reported(
+    kube: client.ApiClient, namespace: str, operator: ManagedProcess
+) -> None:
+    await create_fw(kube, namespace, flux_workflow("noclaim"))
+    obj = await wait_fw(kube, namespace, "noclaim", phase("Failed"))
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ClaimNotFound"
+    assert "pvc-capacity-userdata" in ready["message"]
+    events = await client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=noclaim"
+    )
+    assert any(e.reason == "ClaimNotFound" and e.type == "Warning" for e in events.items)
+
+
+async def test_invalid_workflows_rejected_by_api_server(
+    kube: client.ApiClient, namespace: str, crd: Any
+) -> None:
+    cases = {
+        "bad profile": ({"resourceProfile": "H100"}, "resourceProfile must be"),
+        "min > max": ({"minReplicas": 3, "maxReplicas": 1}, "minReplicas must not exceed"),
+        "model without url": (
+            {"models": [{"name": "a.safetensors", "dir": "vae"}]},
+            "spec.models[0].url: Required value",
+        ),
+    }
+    for case, (spec, message) in cases.items():
+        body = flux_workflow("bad", **spec)
+        try:
+            await create_fw(kube, namespace, body)
+        except ApiException as exc:
+            assert exc.status == 422, case
+            assert message in exc.body, (case, exc.body)
+        else:
+            raise AssertionError(f"{case}: accepted")
+
+
+async def test_scale_subresource_is_clamped(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: ManagedProcess,
+    world: TestWorld,
+    models_claim: Path,
+) -> None:
+    await create_fw(kube, namespace, flux_workflow("scaled", maxReplicas=2))
+    await wait_fw(kube, namespace, "scaled", phase("ScaledToZero"))
+    result = world.kubectl("-n", namespace, "scale", "fw/scaled", "--replicas=5")
+    assert result.returncode == 0, result.stderr
+    apps = client.AppsV1Api(kube)
+    for _ in range(100):
+        deployment = await apps.read_namespaced_deployment("scaled-comfyui", namespace)
+        if deployment.spec.replicas == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert deployment.spec.replicas == 2

@@ -5,14 +5,17 @@ skips."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from kubernetes_asyncio import client, config
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
@@ -87,6 +90,49 @@ async def models_claim(
     await core.delete_persistent_volume(f"{namespace}-pvc-capacity-userdata")
 
 
+@dataclass
+class FileServer:
+    """A real HTTP server on loopback serving model files (Range supported), optionally
+    behind a bearer token, like a Hugging Face `resolve` URL of a gated model."""
+
+    root: Path
+    base: str
+    token: str | None = None
+    requests: list[str] = field(default_factory=list)
+
+    def add(self, name: str, data: bytes) -> tuple[str, str]:
+        """Serve data as name; returns (url, sha256)."""
+        (self.root / name).write_bytes(data)
+        return f"{self.base}/{name}", hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+async def file_server(tmp_path: Path) -> AsyncIterator[FileServer]:
+    root = tmp_path / "files"
+    root.mkdir()
+    server = FileServer(root=root, base="")
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        server.requests.append(f"{request.method} {request.path}")
+        if server.token and request.headers.get("Authorization") != f"Bearer {server.token}":
+            return web.json_response({"error": "Invalid credentials"}, status=401)
+        path = root / request.match_info["name"]
+        if not path.is_file():
+            return web.json_response({"error": "Entry not found"}, status=404)
+        return web.FileResponse(path)
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server.base = f"http://127.0.0.1:{port}"
+    yield server
+    await runner.cleanup()
+
+
 @pytest.fixture(scope="session")
 def crd(world: TestWorld) -> Path:
     """The FluxWorkflow CRD from the chart, installed and established."""
@@ -119,6 +165,8 @@ def start_operator(world: TestWorld, name: str = "operator") -> ManagedProcess:
         "KUBECONFIG": str(world.kubeconfig),
         "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
         "SERVERLESS_COMFYUI_PROXY_URL": "http://127.0.0.1:8080",
+        # The test file server is on loopback; it may receive the (test) Hugging Face token.
+        "SERVERLESS_COMFYUI_DOWNLOAD_TOKEN_HOSTS": '["127.0.0.1"]',
     }
     proc = ManagedProcess(
         name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from conftest import FileServer
 from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
 from serverless_comfyui.testworld import TestWorld
 from serverless_comfyui.testworld.nodes import H100_PRODUCT
@@ -100,25 +102,102 @@ async def test_scaled_to_zero_workflow_gets_a_gpu_deployment_with_zero_replicas(
     assert {n["class_type"] for n in graph.values()} >= {"UNETLoader", "SaveImage"}
 
 
-async def test_models_download_before_any_gpu_pod(
-    kube: client.ApiClient, namespace: str, operator: ManagedProcess, models_claim: Path
+async def test_models_download_for_real_before_any_gpu_pod(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: ManagedProcess,
+    models_claim: Path,
+    file_server: FileServer,
 ) -> None:
-    apps, batch = client.AppsV1Api(kube), client.BatchV1Api(kube)
-    await create_fw(kube, namespace, flux_workflow("dl", models=FLUX_MODELS))
-    job = None
-    for _ in range(100):
-        try:
-            job = await batch.read_namespaced_job("dl-models", namespace)
-            break
-        except ApiException:
-            await asyncio.sleep(0.1)
-    assert job is not None, "no download Job"
-    container = job.spec.template.spec.containers[0]
-    assert "nvidia.com/gpu" not in (container.resources.limits or {})
-    # The Job completes (KWOK completes Job pods), then the Deployment appears.
-    await wait_fw(kube, namespace, "dl", phase("ScaledToZero"))
+    """The Job runs the real downloader (via the pod runner) against a local HTTP server; the
+    files land in the claim; only then does the GPU Deployment appear."""
+    unet_url, unet_sha = file_server.add("flux1-dev.safetensors", os.urandom(300_000))
+    vae_url, _ = file_server.add("ae.safetensors", os.urandom(50_000))
+    models = [
+        {
+            "name": "flux1-dev.safetensors",
+            "url": unet_url,
+            "dir": "diffusion_models",
+            "sha256": unet_sha,
+        },
+        {"name": "ae.safetensors", "url": vae_url, "dir": "vae"},
+    ]
+    apps = client.AppsV1Api(kube)
+    await create_fw(kube, namespace, flux_workflow("dl", models=models))
+    seen_phases = set()
+
+    def downloaded(obj: dict[str, Any]) -> bool:
+        seen_phases.add(obj.get("status", {}).get("phase"))
+        return obj.get("status", {}).get("phase") == "ScaledToZero"
+
+    obj = await wait_fw(kube, namespace, "dl", downloaded, seconds=60)
+    assert "Downloading" in seen_phases
+    on_disk = models_claim / "apps/serverless-comfyui/models"
+    assert (on_disk / "diffusion_models/flux1-dev.safetensors").stat().st_size == 300_000
+    assert (on_disk / "vae/ae.safetensors").stat().st_size == 50_000
+    assert not list(on_disk.rglob("*.part"))
+    states = {m["name"]: m for m in obj["status"]["models"]}
+    assert states["flux1-dev.safetensors"]["verified"] is True
+    assert states["flux1-dev.safetensors"]["bytes"] == 300_000
+    assert states["ae.safetensors"]["bytes"] == 50_000
+    ready = {c["type"]: c for c in obj["status"]["conditions"]}["ModelsReady"]
+    assert ready["status"] == "True" and ready["reason"] == "Downloaded"
     deployment = await apps.read_namespaced_deployment("dl-comfyui", namespace)
     assert deployment.spec.replicas == 0
+
+
+async def test_gated_model_reports_missing_then_wrong_token(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: ManagedProcess,
+    models_claim: Path,
+    file_server: FileServer,
+) -> None:
+    file_server.token = "hf_right"
+    url, _ = file_server.add("flux1-dev.safetensors", os.urandom(1000))
+    models = [{"name": "flux1-dev.safetensors", "url": url, "dir": "diffusion_models"}]
+    token = {"name": "hf-token"}
+    await create_fw(
+        kube, namespace, flux_workflow("gated", models=models, huggingFaceTokenSecret=token)
+    )
+    obj = await wait_fw(kube, namespace, "gated", phase("Failed"))
+    ready = {c["type"]: c for c in obj["status"]["conditions"]}["Ready"]
+    assert ready["reason"] == "SecretNotFound" and "hf-token" in ready["message"]
+
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="hf-token"), string_data={"token": "hf_wrong"}
+        ),
+    )
+
+    def download_failed(obj: dict[str, Any]) -> bool:
+        conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        return conditions.get("ModelsReady", {}).get("reason") == "DownloadFailed"
+
+    # The resync timer (or the Secret's next reconcile) notices the Secret; give it a nudge by
+    # touching the spec, as a user fixing their resource would.
+    api = client.CustomObjectsApi(kube)
+    await api.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "gated",
+        {"spec": {"scaleDownDelaySeconds": 31}},
+        _content_type="application/merge-patch+json",
+    )
+    obj = await wait_fw(kube, namespace, "gated", download_failed, seconds=60)
+    assert obj["status"]["phase"] == "Failed"
+    (state,) = obj["status"]["models"]
+    assert "authentication failed" in state["error"]
+    assert not (
+        models_claim / "apps/serverless-comfyui/models/diffusion_models/flux1-dev.safetensors"
+    ).exists()
+    # The permanent failure failed the Job at once (podFailurePolicy): one attempt, no retries.
+    pods = await core.list_namespaced_pod(namespace, label_selector="job-name=gated-models")
+    assert len(pods.items) == 1
 
 
 async def test_missing_claim_is_reported(

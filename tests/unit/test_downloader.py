@@ -668,8 +668,17 @@ async def test_cli_exits_non_zero_after_trying_every_file(
         str(token_file),
         "--token-host",
         "127.0.0.1",
+        "--termination-log",
+        str(tmp_path / "termination-log"),
     )
-    assert code == 1
+    # Every failure is permanent (a wrong token): exit 3, so the Job fails without retrying.
+    assert code == 3
+    states = json.loads((tmp_path / "termination-log").read_text())
+    assert [(s["name"], s["bytes"], "error" in s) for s in states] == [
+        ("gated.safetensors", 0, True),
+        ("fine.safetensors", 2_000, False),
+    ]
+    assert "authentication failed" in states[0]["error"]
     (error,) = [e for e in events if e["event"] == "error"]
     assert error["name"] == "gated.safetensors"
     assert "authentication failed" in error["message"]

@@ -86,14 +86,16 @@ def models_hash(spec: FluxWorkflowSpec) -> str:
 
 
 def workflow_configmap(
-    name: str, namespace: str, uid: str, spec: FluxWorkflowSpec, workflow_json: str | None
+    name: str, namespace: str, uid: str, spec: FluxWorkflowSpec, served: str, warmup: str
 ) -> dict[str, Any]:
-    """The workflow the pods serve and warm up with, plus the download manifest."""
+    """The workflow the pods serve, the graph they warm up with, and the download manifest."""
     meta = _metadata("configmap", name, namespace, uid, COMFYUI_COMPONENT)
     manifest = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in spec.models]
-    data = {"models.json": json.dumps(manifest, indent=2, sort_keys=True)}
-    if workflow_json is not None:
-        data["workflow.json"] = workflow_json
+    data = {
+        "models.json": json.dumps(manifest, indent=2, sort_keys=True),
+        "workflow.json": served,
+        "warmup.json": warmup,
+    }
     source = spec.workflow.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["workflow-ref.json"] = json.dumps(source, sort_keys=True)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
@@ -125,6 +127,19 @@ def download_job(
         "metadata": meta,
         "spec": {
             "backoffLimit": 3,
+            # The downloader exits 3 when retrying cannot help (bad token, 404, checksum).
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "downloader",
+                            "operator": "In",
+                            "values": [2, 3],
+                        },
+                    }
+                ]
+            },
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
@@ -138,6 +153,8 @@ def download_job(
                             "args": [
                                 f"--dest={MODELS_MOUNT}",
                                 f"--manifest={CONFIG_DIR}/models.json",
+                                "--termination-log=/dev/termination-log",
+                                *(f"--token-host={h}" for h in settings.download_token_hosts),
                             ],
                             "env": env,
                             "resources": {
@@ -256,7 +273,7 @@ def comfyui_deployment(
                 "env": [
                     {"name": "COMFYUI_PORT", "value": str(spec.port)},
                     {"name": "HEALTH_PORT", "value": str(health)},
-                    {"name": "WARMUP_WORKFLOW", "value": f"{CONFIG_DIR}/workflow-ref.json"},
+                    {"name": "WARMUP_WORKFLOW", "value": f"{CONFIG_DIR}/warmup.json"},
                     *[e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or []],
                 ],
                 "resources": _resources(spec, profile),

@@ -17,8 +17,8 @@ from serverless_comfyui.controller.status import (
     compute_status,
     model_states_from_termination,
 )
-from serverless_comfyui.crd.models import FluxWorkflowSpec, FluxWorkflowStatus
-from serverless_comfyui.workflows import WorkflowError, WorkflowLibrary
+from serverless_comfyui.crd.models import FluxWorkflowSpec, FluxWorkflowStatus, WorkflowSource
+from serverless_comfyui.workflows import Workflow, WorkflowError, WorkflowLibrary
 
 
 class UserError(Exception):
@@ -37,10 +37,32 @@ class Result:
     """(type, reason, message) of the transitions worth a Kubernetes Event."""
 
 
-async def _workflow_json(
+# The cheapest run that still loads every model of a workflow into VRAM.
+WARMUP_PARAMS = {"prompt": "warm-up", "steps": 1, "width": 256, "height": 256, "seed": 0}
+
+
+def _warmup_from_library(workflow: Workflow) -> dict[str, Any]:
+    known = {p.name for p in workflow.parameters}
+    params = {k: v for k, v in WARMUP_PARAMS.items() if k in known}
+    return workflow.render(params, prompt_id="warmup").graph
+
+
+async def _graphs(
     kube: Kube, namespace: str, spec: FluxWorkflowSpec, library: WorkflowLibrary | None
+) -> tuple[str, str]:
+    """(served workflow, warm-up workflow) as API-format JSON."""
+    served = await _workflow_json(kube, namespace, spec.workflow, library)
+    if spec.workflow.warmup is not None:
+        return served, await _workflow_json(kube, namespace, spec.workflow.warmup, library)
+    if spec.workflow.name is not None and library is not None:
+        warmup = _warmup_from_library(library.get(spec.workflow.name))
+        return served, json.dumps(warmup, indent=2, sort_keys=True)
+    return served, served
+
+
+async def _workflow_json(
+    kube: Kube, namespace: str, source: WorkflowSource, library: WorkflowLibrary | None
 ) -> str:
-    source = spec.workflow
     if source.config_map_ref is not None:
         ref = source.config_map_ref
         cm = await kube.get("v1", "ConfigMap", namespace, ref.name)
@@ -161,8 +183,8 @@ async def reconcile(
         except UnknownProfileError as exc:
             raise UserError("UnknownProfile", exc.message) from None
         await _check_claim(kube, namespace, spec)
-        workflow = await _workflow_json(kube, namespace, spec, library)
-        await kube.apply(builders.workflow_configmap(name, namespace, uid, spec, workflow))
+        served, warmup = await _graphs(kube, namespace, spec, library)
+        await kube.apply(builders.workflow_configmap(name, namespace, uid, spec, served, warmup))
         seen.models, seen.model_states = await _models(kube, name, namespace, uid, spec, settings)
         if seen.models[0]:
             # Only now may GPU pods start: no GPU is held while the models download.

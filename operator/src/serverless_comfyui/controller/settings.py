@@ -19,6 +19,8 @@ class OperatorSettings(BaseSettings):
     """YAML file of resource profiles (the chart mounts one); unset: built-in defaults."""
     downloader_image: str = "ghcr.io/serverless-comfyui/devpod:0.1.0"
     """Image of the model-download Job (it runs `python -m serverless_comfyui.downloader`)."""
+    download_token_hosts: list[str] = []
+    """Hosts besides huggingface.co / hf.co that may receive the Hugging Face token."""
     proxy_url: str = "http://serverless-comfyui-proxy:8080"
     """Base URL of the proxy, reported in each FluxWorkflow's status.endpoint."""
     resync_seconds: float = 60.0

@@ -9,24 +9,29 @@ The Hugging Face token comes from ``--token-file`` (e.g. a mounted Secret) or ``
 is only sent to Hugging Face hosts unless ``--token-host`` adds others.
 
 Exit status: 0 when every file is in place, 1 when any failed (after trying all), 2 for a bad
-command line or manifest.
+command line or manifest, 3 when every failure is permanent (authentication, not found,
+checksum mismatch): retrying the Job cannot help, and its podFailurePolicy fails it at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 from serverless_comfyui.downloader.core import (
     DEFAULT_TOKEN_HOSTS,
+    DownloadResult,
     ManifestError,
     download_models,
     load_manifest,
     print_event,
     read_token,
 )
+
+EXIT_PERMANENT = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--progress-interval", type=float, default=2.0, help="seconds between progress events"
     )
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        help="write the per-model results here as JSON (a pod's terminationMessagePath), "
+        "so the operator can put them in the FluxWorkflow's status",
+    )
     return parser
+
+
+def write_termination_log(path: Path, results: list[DownloadResult]) -> None:
+    """Kubernetes keeps at most 4096 bytes of a termination message: drop error details
+    before dropping models, so every model keeps its state."""
+    states = [
+        r.to_status().model_dump(mode="json", by_alias=True, exclude_none=True) for r in results
+    ]
+    text = json.dumps(states, separators=(",", ":"))
+    if len(text.encode()) > 4096:
+        for state in states:
+            if "error" in state:
+                state["error"] = state["error"][:80]
+        text = json.dumps(states, separators=(",", ":"))
+    path.write_text(text[:4096])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             progress_interval=args.progress_interval,
         )
     )
+    if args.termination_log is not None:
+        write_termination_log(args.termination_log, results)
     failed = [r.name for r in results if not r.ok]
     print_event({"event": "summary", "ok": len(results) - len(failed), "failed": failed})
-    return 1 if failed else 0
+    if not failed:
+        return 0
+    return EXIT_PERMANENT if all(r.permanent for r in results if not r.ok) else 1
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ class DownloadResult:
     verified: bool = False
     skipped: bool = False
     error: str | None = None
+    permanent: bool = False
+    """The failure will not go away by retrying (401/403, 404, checksum mismatch)."""
 
     @property
     def name(self) -> str:
@@ -367,7 +369,10 @@ class Downloader:
                 message = str(exc)
             else:
                 message = f"{model.name}: {type(exc).__name__}: {exc}"
-            result = DownloadResult(model, target, ok=False, bytes=part.size(), error=message)
+            permanent = isinstance(exc, AuthError | NotFoundError | ChecksumError)
+            result = DownloadResult(
+                model, target, ok=False, bytes=part.size(), error=message, permanent=permanent
+            )
             self.emit({"event": "error", "name": model.name, "message": message})
             with contextlib.suppress(OSError):
                 self._write_summary(model, result, part.validator)

@@ -8,7 +8,11 @@ the process if it dies, and on deletion calls the preStop hook, stops the proces
 period and removes the pod. The proxy and the operator thus exercise their production code paths
 (pod watch, pod IPs, real HTTP) against something that answers like ComfyUI.
 
-Not emulated: images, exec probes/hooks, volumes (each pod gets its own data directory).
+Model-download Job pods are run for real: their container command runs on the host with its
+volumes mapped to host folders (see launch.py and mounts.py), and its exit code and termination
+message become the pod's terminated state, which the Job controller then acts on.
+
+Not emulated: images, exec probes and hooks, resource limits, network isolation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +32,18 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from serverless_comfyui.testworld.launch import (
+    COMPONENTS,
+    Launch,
+    container_port,
+    named_port,
+    plan_launch,
+)
 from serverless_comfyui.testworld.processes import die_with_parent
 
 log = logging.getLogger("pod-runner")
 
-EMULATED_SELECTOR = "app.kubernetes.io/component=comfyui"
-# Pod annotations `emulator.serverless-comfyui.io/<setting>` become EMULATOR_<SETTING> for the
-# emulator process, e.g. `emulator.serverless-comfyui.io/step-seconds: "0.5"`.
-EMULATOR_ANNOTATION_PREFIX = "emulator.serverless-comfyui.io/"
-DEFAULT_PORT = 8188
+EMULATED_SELECTOR = f"app.kubernetes.io/component in ({','.join(COMPONENTS)})"
 RESTART_BACKOFF_SECONDS = 1.0
 
 
@@ -45,29 +51,11 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def emulator_env(annotations: dict[str, str] | None) -> dict[str, str]:
-    env = {}
-    for key, value in (annotations or {}).items():
-        if key.startswith(EMULATOR_ANNOTATION_PREFIX):
-            setting = key.removeprefix(EMULATOR_ANNOTATION_PREFIX).replace("-", "_").upper()
-            env[f"EMULATOR_{setting}"] = value
-    return env
-
-
-def container_port(container: Any) -> int:
-    for port in container.ports or []:
-        return int(port.container_port)
-    return DEFAULT_PORT
-
-
 def resolve_port(port: Any, container: Any) -> int:
     """A probe's port: a number, or the name of one of the container's ports."""
     if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
         return int(port)
-    for p in container.ports or []:
-        if p.name == port:
-            return int(p.container_port)
-    return container_port(container)
+    return named_port(container, str(port)) or container_port(container)
 
 
 @dataclass
@@ -79,8 +67,9 @@ class RunningPod:
     uid: str
     ip: str
     spec: Any
-    annotations: dict[str, str]
     data_dir: Path
+    launch: Launch | None = None
+    started_at: str = ""
     process: asyncio.subprocess.Process | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False
@@ -165,28 +154,29 @@ class PodRunner:
                 uid=uid,
                 ip=pod.status.pod_ip,
                 spec=pod.spec,
-                annotations=dict(pod.metadata.annotations or {}),
                 data_dir=self.state_dir / pod.metadata.namespace / pod.metadata.name,
             )
             self.pods[uid] = running
+            try:
+                running.launch = await plan_launch(self.api, pod, running.ip, running.data_dir)
+            except Exception as exc:  # a missing Secret or ConfigMap: the kubelet would wait
+                log.warning("cannot start %s yet: %s", running.key, exc)
+                self.pods.pop(uid)
+                return
             await self._start_process(running)
             running.tasks.append(asyncio.create_task(self._supervise(running)))
-            running.tasks.append(asyncio.create_task(self._probe_loop(running)))
+            if not running.launch.run_to_completion:
+                running.tasks.append(asyncio.create_task(self._probe_loop(running)))
 
     # -- the container ----------------------------------------------------------------------
 
     async def _start_process(self, pod: RunningPod) -> None:
+        assert pod.launch is not None
         pod.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **emulator_env(pod.annotations)}
-        args = [
-            sys.executable,
-            "-m",
-            "serverless_comfyui.emulator",
-            f"--host={pod.ip}",
-            f"--port={pod.port}",
-            f"--data-dir={pod.data_dir}",
-        ]
-        log_file = (pod.data_dir / "emulator.log").open("ab")
+        env = {**os.environ, **pod.launch.env}
+        args = pod.launch.args
+        pod.started_at = _now()
+        log_file = (pod.data_dir / "container.log").open("ab")
         pod.process = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,
@@ -196,9 +186,7 @@ class PodRunner:
             preexec_fn=die_with_parent,
         )
         log_file.close()
-        log.info(
-            "started emulator for %s on %s:%d (pid %d)", pod.key, pod.ip, pod.port, pod.process.pid
-        )
+        log.info("started %s for %s on %s (pid %d)", args[2], pod.key, pod.ip, pod.process.pid)
 
     async def _supervise(self, pod: RunningPod) -> None:
         """Restart the emulator when it dies, as restartPolicy Always would."""
@@ -206,6 +194,10 @@ class PodRunner:
             assert pod.process is not None
             code = await pod.process.wait()
             if pod.terminating:
+                return
+            assert pod.launch is not None
+            if pod.launch.run_to_completion:
+                await self._set_terminated(pod, code)
                 return
             pod.restarts += 1
             log.warning("emulator for %s exited with %d; restart %d", pod.key, code, pod.restarts)
@@ -228,6 +220,57 @@ class PodRunner:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+    async def _set_terminated(self, pod: RunningPod, code: int) -> None:
+        """A run-to-completion container exited: report it as the kubelet would."""
+        assert pod.launch is not None
+        message = ""
+        if pod.launch.termination_log is not None and pod.launch.termination_log.exists():
+            message = pod.launch.termination_log.read_text(errors="replace")[:4096]
+        now = _now()
+        body = {
+            "status": {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "PodCompleted",
+                        "lastTransitionTime": now,
+                    },
+                    {
+                        "type": "ContainersReady",
+                        "status": "False",
+                        "reason": "PodCompleted",
+                        "lastTransitionTime": now,
+                    },
+                ],
+                "containerStatuses": [
+                    {
+                        "name": pod.container.name,
+                        "image": pod.container.image,
+                        "imageID": "",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": code,
+                                "reason": "Completed" if code == 0 else "Error",
+                                "message": message,
+                                "startedAt": pod.started_at,
+                                "finishedAt": now,
+                            }
+                        },
+                    }
+                ],
+            }
+        }
+        try:
+            await self.api.patch_namespaced_pod_status(pod.name, pod.namespace, body)
+            log.info("%s terminated with exit code %d", pod.key, code)
+        except ApiException as exc:
+            log.warning("could not report %s terminated: %s", pod.key, exc.reason)
 
     # -- probes ----------------------------------------------------------------------------
 

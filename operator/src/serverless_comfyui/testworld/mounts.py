@@ -20,22 +20,23 @@ from kubernetes_asyncio import client
 async def _volume_dir(
     api: client.CoreV1Api, namespace: str, volume: Any, scratch: Path
 ) -> Path | None:
+    name = str(volume.name)
     if volume.config_map is not None:
         cm = await api.read_namespaced_config_map(volume.config_map.name, namespace)
-        folder: Path = scratch / "configmaps" / volume.name
+        folder = scratch / "configmaps" / name
         folder.mkdir(parents=True, exist_ok=True)
         for key, value in (cm.data or {}).items():
             (folder / key).write_text(value)
         return folder
     if volume.secret is not None:
         secret = await api.read_namespaced_secret(volume.secret.secret_name, namespace)
-        folder: Path = scratch / "secrets" / volume.name
+        folder = scratch / "secrets" / name
         folder.mkdir(parents=True, exist_ok=True)
         for key, value in (secret.data or {}).items():
             (folder / key).write_bytes(base64.b64decode(value))
         return folder
     if volume.empty_dir is not None:
-        folder: Path = scratch / "emptydir" / volume.name
+        folder = scratch / "emptydir" / name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     if volume.persistent_volume_claim is not None:

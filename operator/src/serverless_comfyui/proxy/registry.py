@@ -72,6 +72,9 @@ class App:
     open_sessions: int = 0
     """Open WebSockets and UI sessions: activity that keeps the application awake."""
     last_activity: float = field(default_factory=time.monotonic)
+    wake_started: float | None = None
+    """When a request found no ready pod and woke the application (monotonic); the request
+    path observes the cold-start time when it first forwards, then clears it."""
     hash: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -154,6 +157,8 @@ class App:
             raise HoldRejectedError(f"{self.held} requests already wait for {self.name}")
         self.held += 1
         self.touch()
+        if self.wake_started is None:
+            self.wake_started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + limit_seconds
         try:
             await wake(self)

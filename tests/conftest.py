@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import urllib.request
@@ -60,7 +61,14 @@ async def kube(world: TestWorld) -> AsyncIterator[client.ApiClient]:
 @pytest.fixture
 async def namespace(kube: client.ApiClient) -> AsyncIterator[str]:
     """A fresh namespace, deleted after the test."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = await create_namespace(kube, "t")
+    yield name
+    await client.CoreV1Api(kube).delete_namespace(name, propagation_policy="Background")
+
+
+async def create_namespace(kube: client.ApiClient, prefix: str) -> str:
+    """A fresh namespace `<prefix>-<random>` whose default ServiceAccount exists."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube)
     await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods are refused until the ServiceAccount controller has created `default`.
@@ -69,8 +77,7 @@ async def namespace(kube: client.ApiClient) -> AsyncIterator[str]:
         if any(sa.metadata.name == "default" for sa in accounts.items):
             break
         await asyncio.sleep(0.1)
-    yield name
-    await core.delete_namespace(name, propagation_policy="Background")
+    return name
 
 
 CHART = Path(__file__).parents[1] / "charts" / "serverless-comfyui"
@@ -158,10 +165,15 @@ def operator(world: TestWorld, crd: Path) -> Iterator[ManagedProcess]:
         proc.stop()
 
 
-def start_operator(world: TestWorld, name: str = "operator") -> ManagedProcess:
+def start_operator(
+    world: TestWorld, name: str = "operator", namespaces: str = "t-*"
+) -> ManagedProcess:
+    """An operator process serving the namespaces matching the glob (test namespaces are
+    `t-*`; a test that runs its own operator uses another prefix so the two never overlap)."""
     port = free_port()
     env = {
         **os.environ,
+        "SERVERLESS_COMFYUI_NAMESPACES": json.dumps([namespaces]),
         "KUBECONFIG": str(world.kubeconfig),
         "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
         "SERVERLESS_COMFYUI_PROXY_URL": "http://127.0.0.1:8080",

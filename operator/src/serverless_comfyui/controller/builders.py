@@ -317,7 +317,13 @@ def comfyui_deployment(
             "selector": {"matchLabels": pod_selector(name)},
             # New pods must be warm before old ones go: never drop below the running count.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels(name, COMFYUI_COMPONENT)}, "spec": pod_spec},
+            "template": {
+                "metadata": {
+                    "labels": labels(name, COMFYUI_COMPONENT),
+                    "annotations": dict(spec.pod_annotations or {}),
+                },
+                "spec": pod_spec,
+            },
         },
     }
 

@@ -343,6 +343,8 @@ class FluxWorkflowSpec(CrdModel):
     """Per-workflow node selector; replaces the one derived from the profile and the chart."""
     tolerations: Annotated[list[Toleration] | None, Field(max_length=64)] = None
     """Per-workflow tolerations; replace the chart's defaults."""
+    pod_annotations: dict[str, str] | None = None
+    """Extra annotations on the ComfyUI pods (e.g. for metrics scraping or sidecar injection)."""
     replicas: Int32 = 0
     """Replicas the autoscaler asks for (the `/scale` subresource). The operator runs
     `min(max(replicas, minReplicas), maxReplicas)` pods."""

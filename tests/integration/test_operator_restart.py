@@ -16,7 +16,7 @@ from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
 from serverless_comfyui.testworld import TestWorld
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
-COUNT = 20
+COUNT = 60
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -62,16 +62,22 @@ async def test_operator_killed_mid_reconcile_converges_without_duplicates(
     operator = start_operator(world, "operator-restart", namespaces="r-*")
     api = client.CustomObjectsApi(kube)
     try:
-        for i in range(COUNT):
-            await api.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, workflow(f"app{i}")
+        await asyncio.gather(
+            *(
+                api.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, workflow(f"app{i}")
+                )
+                for i in range(COUNT)
             )
-        # Kill it while it is still working through them (SIGKILL: no cleanup at all).
-        for _ in range(100):
-            made = await owned(kube, namespace)
-            if 0 < len(made["Deployment"]) < COUNT:
+        )
+        # Kill it as soon as it has started working through them (SIGKILL: no cleanup at all).
+        apps = client.AppsV1Api(kube)
+        selector = "app.kubernetes.io/managed-by=serverless-comfyui"
+        for _ in range(500):
+            made = await apps.list_namespaced_deployment(namespace, label_selector=selector)
+            if made.items:
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
         assert operator.pid is not None
         os.killpg(operator.pid, signal.SIGKILL)
         operator.stop()
@@ -79,7 +85,7 @@ async def test_operator_killed_mid_reconcile_converges_without_duplicates(
         assert len(before["Deployment"]) < COUNT, "the kill came too late to be mid-reconcile"
 
         operator = start_operator(world, "operator-restart-2", namespaces="r-*")
-        for _ in range(300):
+        for _ in range(600):
             if (await phases(kube, namespace)) == ["ScaledToZero"] * COUNT:
                 break
             await asyncio.sleep(0.1)

@@ -46,7 +46,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # Our own transition Events are posted explicitly; kopf would add one per handler run.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     state.settings = OperatorSettings()
     if _in_cluster():
@@ -71,10 +72,10 @@ async def cleanup(**_: Any) -> None:
     await state.api_client.close()
 
 
-async def _reconcile(body: dict[str, Any]) -> Result:
+async def _reconcile(body: dict[str, Any], apply_children: bool = True) -> Result:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     async with state.locks[key]:
-        result = await reconcile(state.kube, body, state.settings, state.library)
+        result = await reconcile(state.kube, body, state.settings, state.library, apply_children)
     for kind, reason, message in result.events:
         kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
     return result
@@ -99,20 +100,25 @@ async def resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     patch.status.update(_status_dict(result))
 
 
-async def _reconcile_owner(namespace: str, labels: dict[str, str]) -> None:
+async def _reconcile_owner(namespace: str, labels: dict[str, str], apply_children: bool) -> None:
     name = labels.get(builders.WORKFLOW_LABEL)
     if not name:
         return
     body = await state.kube.get(API_VERSION, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
-    result = await _reconcile(body)
+    result = await _reconcile(body, apply_children)
     await state.kube.patch_status(API_VERSION, KIND, namespace, name, _status_dict(result))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("v1", "pods", labels=OWNED)
-async def on_owned_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+async def on_owned_event(
+    namespace: str | None, labels: kopf.Labels, type: str, resource: kopf.Resource, **_: Any
+) -> None:
+    """A download Job finishing may allow the Deployment; a deleted child must come back.
+    Other pod and Deployment changes only move the status."""
     if namespace:
-        await _reconcile_owner(namespace, dict(labels))
+        converge = resource.plural == "jobs" or type == "DELETED"
+        await _reconcile_owner(namespace, dict(labels), converge)

@@ -125,8 +125,10 @@ async def _models(
     uid: str,
     spec: FluxWorkflowSpec,
     settings: OperatorSettings,
+    apply: bool = True,
 ) -> tuple[tuple[bool, str, str], list[Any]]:
-    """Ensure the download Job; report (ready, reason, message) and per-model states."""
+    """Ensure the download Job (unless apply is False: observe only); report
+    (ready, reason, message) and per-model states."""
     if not spec.models:
         return (True, "NoModels", "no models to download"), []
     await _check_token_secret(kube, namespace, spec)
@@ -136,12 +138,13 @@ async def _models(
     current_hash = (
         (job or {}).get("metadata", {}).get("annotations", {}).get(builders.MODELS_HASH_ANNOTATION)
     )
-    if job is not None and current_hash != builders.models_hash(spec):
+    if apply and job is not None and current_hash != builders.models_hash(spec):
         # A Job's pod template is immutable: the model list changed, start a new download.
         await kube.delete("batch/v1", "Job", namespace, job_name)
         return (False, "Downloading", "model list changed; restarting the download"), []
     if job is None:
-        await kube.apply(desired)
+        if apply:
+            await kube.apply(desired)
         return (False, "Downloading", f"Job {job_name} started"), []
     selector = f"job-name={job_name}"
     pods = await kube.list("v1", "Pod", namespace, selector)
@@ -164,7 +167,10 @@ async def reconcile(
     body: dict[str, Any],
     settings: OperatorSettings,
     library: WorkflowLibrary | None,
+    apply_children: bool = True,
 ) -> Result:
+    """apply_children=False only observes (for events of pods and Deployments, whose changes
+    never call for different children); every other caller converges the children too."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = FluxWorkflowSpec.model_validate(body.get("spec") or {})
@@ -182,11 +188,16 @@ async def reconcile(
             profile = get_profile(settings.profiles, profile_name)
         except UnknownProfileError as exc:
             raise UserError("UnknownProfile", exc.message) from None
-        await _check_claim(kube, namespace, spec)
-        served, warmup = await _graphs(kube, namespace, spec, library)
-        await kube.apply(builders.workflow_configmap(name, namespace, uid, spec, served, warmup))
-        seen.models, seen.model_states = await _models(kube, name, namespace, uid, spec, settings)
-        if seen.models[0]:
+        if apply_children:
+            await _check_claim(kube, namespace, spec)
+            served, warmup = await _graphs(kube, namespace, spec, library)
+            await kube.apply(
+                builders.workflow_configmap(name, namespace, uid, spec, served, warmup)
+            )
+        seen.models, seen.model_states = await _models(
+            kube, name, namespace, uid, spec, settings, apply_children
+        )
+        if seen.models[0] and apply_children:
             # Only now may GPU pods start: no GPU is held while the models download.
             await kube.apply(
                 builders.comfyui_deployment(

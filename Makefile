@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml | sha1sum | cut 
 TOOLS_STAMP := .tools/bin/.built-$(shell cat scripts/tools.env scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools lint fmt test test-unit test-integration up down clean
+.PHONY: help venv tools lint fmt test test-unit test-integration up down clean images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -29,10 +29,11 @@ $(TOOLS_STAMP): scripts/tools.env scripts/build-tools.sh
 
 tools: $(TOOLS_STAMP) ## build etcd, kube-*, kubectl, kwok, helm from Go modules into .tools/bin
 
-lint: venv ## ruff (lint + format check) and mypy
+lint: venv ## ruff (lint + format check), mypy and hadolint (Dockerfiles)
 	$(VENV)/bin/ruff check operator/src tests
 	$(VENV)/bin/ruff format --check operator/src tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint images/*/Dockerfile
 
 fmt: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix operator/src tests
@@ -52,6 +53,12 @@ up: tools venv ## run the local test world (control plane, fake GPU nodes, emula
 
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m serverless_comfyui.testworld down --state-dir .local; else echo "nothing to stop"; fi
+
+bench: tools venv ## benchmarks, each against a baseline measured in the same run (BENCH_ARGS='--runs 1')
+	$(PY) -m serverless_comfyui.bench $(BENCH_ARGS)
+
+images: ## build the container images with docker buildx (needs a Docker engine; see images/README.md)
+	bash images/build.sh
 
 clean: down ## remove the virtualenv, the local state and the tool links (not the per-user tool cache)
 	rm -rf $(VENV) .local .tools .pytest_cache .mypy_cache .ruff_cache

@@ -254,3 +254,58 @@ async def test_scale_subresource_is_clamped(
             break
         await asyncio.sleep(0.1)
     assert deployment.spec.replicas == 2
+
+
+async def test_unschedulable_gpu_request_is_explained_in_status_and_events(
+    kube: client.ApiClient, namespace: str, operator: ManagedProcess, models_claim: Path
+) -> None:
+    """9 GPUs per pod: no fake node has that many; `kubectl describe fw` must say why."""
+    body = flux_workflow("toobig", resourceProfile="gpu-h100-80gb-hbm3:9", minReplicas=1)
+    await create_fw(kube, namespace, body)
+
+    def unschedulable(obj: dict[str, Any]) -> bool:
+        conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        return conditions.get("Ready", {}).get("reason") == "Unschedulable"
+
+    obj = await wait_fw(kube, namespace, "toobig", unschedulable)
+    assert obj["status"]["phase"] == "Starting"
+    ready = {c["type"]: c for c in obj["status"]["conditions"]}["Ready"]
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
+    events = await client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=toobig"
+    )
+    assert any(e.reason == "Unschedulable" and e.type == "Warning" for e in events.items)
+
+
+async def test_warm_replicas_become_ready_only_after_warm_up_and_scale(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: ManagedProcess,
+    models_claim: Path,
+    world: TestWorld,
+) -> None:
+    """minReplicas: 1 gives one Ready pod on the H100 node, Ready only once the image's
+    entrypoint has run the warm-up graph; `kubectl scale` gives more, clamped to max."""
+    body = flux_workflow("warm", workflow={"name": "warmup"}, minReplicas=1, maxReplicas=2)
+    await create_fw(kube, namespace, body)
+    obj = await wait_fw(kube, namespace, "warm", phase("Ready"), seconds=60)
+    assert obj["status"]["readyReplicas"] == 1
+    core = client.CoreV1Api(kube)
+    pods = (
+        await core.list_namespaced_pod(namespace, label_selector=obj["status"]["selector"])
+    ).items
+    assert [p.spec.node_name for p in pods] == ["gpu-h100-0"]
+    # The warm-up run left its output under warmup/ in the pod's output folder.
+    output = world.state_dir / "pods" / namespace / pods[0].metadata.name / "emptydir" / "output"
+    assert list((output / "warmup").rglob("*.png")), f"no warm-up output in {output}"
+
+    result = world.kubectl("-n", namespace, "scale", "fw/warm", "--replicas=5")
+    assert result.returncode == 0, result.stderr
+
+    def two_ready(obj: dict[str, Any]) -> bool:
+        return obj.get("status", {}).get("readyReplicas") == 2
+
+    obj = await wait_fw(kube, namespace, "warm", two_ready, seconds=60)
+    assert obj["spec"]["replicas"] == 5 and obj["status"]["phase"] == "Ready"
+    deployment = await client.AppsV1Api(kube).read_namespaced_deployment("warm-comfyui", namespace)
+    assert deployment.spec.replicas == 2

@@ -309,3 +309,39 @@ async def test_warm_replicas_become_ready_only_after_warm_up_and_scale(
     assert obj["spec"]["replicas"] == 5 and obj["status"]["phase"] == "Ready"
     deployment = await client.AppsV1Api(kube).read_namespaced_deployment("warm-comfyui", namespace)
     assert deployment.spec.replicas == 2
+
+
+async def test_deletion_removes_owned_objects_and_keeps_the_models(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: ManagedProcess,
+    models_claim: Path,
+    file_server: FileServer,
+) -> None:
+    url, _ = file_server.add("ae.safetensors", os.urandom(10_000))
+    models = [{"name": "ae.safetensors", "url": url, "dir": "vae"}]
+    await create_fw(kube, namespace, flux_workflow("gone", models=models))
+    await wait_fw(kube, namespace, "gone", phase("ScaledToZero"), seconds=60)
+    model_file = models_claim / "apps/serverless-comfyui/models/vae/ae.safetensors"
+    assert model_file.stat().st_size == 10_000
+
+    api = client.CustomObjectsApi(kube)
+    await api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    apps, core, batch = client.AppsV1Api(kube), client.CoreV1Api(kube), client.BatchV1Api(kube)
+    selector = "serverless-comfyui.io/workflow=gone"
+    # The garbage collector learns about a new CRD at its 30 s discovery resync: allow for it.
+    for _ in range(600):
+        remaining = (
+            (await apps.list_namespaced_deployment(namespace, label_selector=selector)).items
+            + (await core.list_namespaced_service(namespace, label_selector=selector)).items
+            + (await core.list_namespaced_config_map(namespace, label_selector=selector)).items
+            + (await batch.list_namespaced_job(namespace, label_selector=selector)).items
+        )
+        if not remaining:
+            break
+        await asyncio.sleep(0.1)
+    assert not remaining, [o.metadata.name for o in remaining]
+    # The user's claim and the downloaded weights are untouched.
+    claim = await core.read_namespaced_persistent_volume_claim("pvc-capacity-userdata", namespace)
+    assert claim.metadata.deletion_timestamp is None
+    assert model_file.stat().st_size == 10_000

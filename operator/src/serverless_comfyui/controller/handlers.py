@@ -93,7 +93,13 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     patch.status.update(_status_dict(result))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=60.0, initial_delay=30.0, backoff=5)
+# kopf fixes a timer's interval when the handler is registered, so read it at import.
+RESYNC_SECONDS = OperatorSettings().resync_seconds
+
+
+@kopf.timer(
+    GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 2, backoff=5
+)
 async def resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Catches what no event reported (e.g. a deleted owned object during an outage)."""
     result = await _reconcile(dict(body))

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
+from serverless_comfyui.crd.generate import CHART_PATH
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
@@ -81,7 +82,7 @@ async def create_namespace(kube: client.ApiClient, prefix: str) -> str:
 
 
 CHART = Path(__file__).parents[1] / "charts" / "serverless-comfyui"
-CRD_FILE = CHART / "crds" / "fluxworkflows.serverless-comfyui.io.yaml"
+CRD_FILE = CHART.parents[1] / CHART_PATH
 
 
 @pytest.fixture

@@ -21,15 +21,13 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 
 from serverless_comfyui.bench.stats import rss_mib, summary
+from serverless_comfyui.crd.generate import CHART_PATH
 from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
 from serverless_comfyui.testworld import TestWorld
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
-CRD_FILE = (
-    Path(__file__).parents[4]
-    / "charts/serverless-comfyui/crds/fluxworkflows.serverless-comfyui.io.yaml"
-)
+CRD_FILE = Path(__file__).parents[4] / CHART_PATH
 
 
 def _workflow(name: str) -> dict[str, Any]:

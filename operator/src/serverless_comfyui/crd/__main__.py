@@ -1,7 +1,7 @@
 """``python -m serverless_comfyui.crd``: print the FluxWorkflow CRD YAML.
 
 ``--output PATH`` writes it to a file instead; ``--check PATH`` exits 1 when the file differs
-(the chart's copy: ``charts/serverless-comfyui/crds/fluxworkflows.serverless-comfyui.io.yaml``).
+(the chart's copy, ``generate.CHART_PATH``: the CRD subchart inside charts/serverless-comfyui).
 """
 
 from __future__ import annotations

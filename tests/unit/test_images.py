@@ -1,0 +1,400 @@
+"""The container images, checked without Docker (none here): their Dockerfiles' structure and
+pins, their agreement with images/versions.env and with the code, hadolint, build.sh's behaviour
+without an engine, and the source fetcher used in the ComfyUI build."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import pytest
+import yaml
+
+from serverless_comfyui.controller.settings import OperatorSettings
+from serverless_comfyui.entrypoint.settings import EXTRA_MODEL_PATHS, EntrypointSettings
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+NAMES = ("comfyui", "controller", "devpod")
+
+
+def read_versions() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in (IMAGES / "versions.env").read_text().splitlines():
+        if not re.match(r"^[A-Z_][A-Z0-9_]*=", line):
+            assert not line.strip() or line.startswith("#"), f"not KEY=VALUE: {line!r}"
+            continue
+        key, _, value = line.partition("=")
+        assert key not in values, f"{key} twice in versions.env"
+        values[key] = Template(value).substitute(values)
+    return values
+
+
+VERSIONS = read_versions()
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+    stage: int
+
+
+def parse(name: str) -> list[Instruction]:
+    """Instructions of a Dockerfile (continuations joined, comments dropped), with stage index."""
+    text = (IMAGES / name / "Dockerfile").read_text()
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    result: list[Instruction] = []
+    stage = -1
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stage += 1
+        result.append(Instruction(keyword.upper(), " ".join(args.split()), stage))
+    return result
+
+
+def final_stage(name: str) -> list[Instruction]:
+    instructions = parse(name)
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last]
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in instructions:
+        if item.keyword == "ENV":
+            for pair in shlex.split(item.args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_base_images_are_pinned_to_the_versions_env_tag(name: str) -> None:
+    bases = [i.args.split()[0] for i in parse(name) if i.keyword == "FROM"]
+    assert len(bases) == 2, "multi-stage: a build stage and a runtime stage"
+    for base in bases:
+        assert base == VERSIONS["PYTHON_IMAGE"]
+        _, _, tag = base.partition(":")
+        assert re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), f"{base}: pin an exact tag"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_as_non_root_uid_1000(name: str) -> None:
+    users = [i.args for i in final_stage(name) if i.keyword == "USER"]
+    assert users and users[-1] == "1000:1000"
+    (useradd,) = [i.args for i in final_stage(name) if "useradd" in i.args]
+    assert "--uid 1000" in useradd and "--gid 1000" in useradd
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_runtime_stage_installs_nothing(name: str) -> None:
+    """Build tools (pip wheel builds, compilers, apt) stay in the build stage."""
+    runs = " ".join(i.args for i in final_stage(name) if i.keyword == "RUN")
+    for word in ("pip ", "apt-get", "gcc", "wheel", "curl", "git "):
+        assert word not in runs, f"{name}: {word!r} in the runtime stage"
+    copies = [i.args for i in final_stage(name) if i.keyword == "COPY"]
+    assert "--from=build /opt/venv /opt/venv" in copies
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_arg_defaults_agree_with_versions_env(name: str) -> None:
+    args = [i.args for i in parse(name) if i.keyword == "ARG"]
+    assert args, f"{name} has no ARG"
+    for arg in args:
+        key, sep, default = arg.partition("=")
+        assert sep, f"{name}: ARG {key} needs a default (from versions.env)"
+        assert key in VERSIONS, f"{name}: ARG {key} is not in versions.env"
+        assert default == VERSIONS[key], f"{name}: ARG {key}={default!r}, versions.env says"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_workflow_library_is_shipped_and_found(name: str) -> None:
+    instructions = final_stage(name)
+    assert "workflows/ /opt/serverless-comfyui/workflows/" in [
+        i.args for i in instructions if i.keyword == "COPY"
+    ]
+    env = env_of(instructions)
+    assert env["SERVERLESS_COMFYUI_WORKFLOWS_DIR"] == "/opt/serverless-comfyui/workflows"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_build_context_sends_what_the_dockerfile_copies(name: str) -> None:
+    ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*")] == "*"  # allowlist: everything else stays out
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    for item in parse(name):
+        if item.keyword != "COPY" or item.args.startswith("--from"):
+            continue
+        *sources, _ = item.args.split()
+        for source in sources:
+            source = source.rstrip("/")
+            assert (REPO / source).exists(), source
+            assert any(source == a or source.startswith(a + "/") for a in allowed), (
+                f"{name}: COPY {source} is excluded by Dockerfile.dockerignore"
+            )
+
+
+def test_the_comfyui_image_runs_our_entrypoint() -> None:
+    final = final_stage("comfyui")
+    (entrypoint,) = [json.loads(i.args) for i in final if i.keyword == "ENTRYPOINT"]
+    assert entrypoint == ["python", "-m", "serverless_comfyui.entrypoint"]
+    assert not [i for i in final if i.keyword == "CMD"]
+    (expose,) = [i.args.split() for i in final if i.keyword == "EXPOSE"]
+    assert {"8188", "8189"} <= set(expose)
+    # ... on the ports the entrypoint and the operator use.
+    defaults = EntrypointSettings.model_fields
+    assert defaults["comfyui_port"].default == 8188
+    assert defaults["health_port"].default == OperatorSettings.model_fields["health_port"].default
+    env = env_of(final)
+    assert env["COMFYUI_PORT"] == "8188" and env["HEALTH_PORT"] == "8189"
+    assert env["WARMUP_WORKFLOW"] == "/etc/serverless-comfyui/warmup.json"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert [i.args for i in final if i.keyword == "WORKDIR"] == ["/opt/ComfyUI"]
+
+
+def test_the_comfyui_image_wires_the_model_folders() -> None:
+    final = final_stage("comfyui")
+    runs = " ".join(i.args for i in final if i.keyword == "RUN")
+    for folder in ("diffusion_models", "text_encoders", "vae", "loras", "checkpoints"):
+        assert f"/opt/ComfyUI/models/{folder}" in runs
+    for folder in ("models", "input", "output", "user"):
+        assert re.search(rf"chown -R 1000:1000 .*/opt/ComfyUI/{folder}\b", runs), folder
+    copies = [i.args for i in final if i.keyword == "COPY"]
+    assert f"images/comfyui/extra_model_paths.yaml {EXTRA_MODEL_PATHS}" in copies
+    assert EXTRA_MODEL_PATHS in EntrypointSettings().comfyui_command
+
+    config = yaml.safe_load((IMAGES / "comfyui" / "extra_model_paths.yaml").read_text())
+    (section,) = config.values()
+    assert section["base_path"] == "/opt/ComfyUI/models"
+    for folder in ("diffusion_models", "text_encoders", "vae", "loras", "checkpoints"):
+        assert folder in section[folder].split()
+
+
+def test_the_comfyui_image_pins_comfyui_and_torch() -> None:
+    instructions = parse("comfyui")
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
+    assert '--ref "${COMFYUI_VERSION}"' in runs and '--sha256 "${COMFYUI_SHA256}"' in runs
+    assert "-c /opt/constraints.txt -r /opt/ComfyUI/requirements.txt" in runs
+    assert "pip check" in runs
+    assert VERSIONS["COMFYUI_VERSION"] == "v0.8.0"
+    stats = json.loads((REPO / "tests/fixtures/comfyui-0.8.0/system_stats.json").read_text())
+    assert "v" + stats["system"]["comfyui_version"] == VERSIONS["COMFYUI_VERSION"]
+    assert stats["system"]["pytorch_version"].split("+")[0] == VERSIONS["TORCH_VERSION"]
+    for key in ("TORCH_VERSION", "TORCHVISION_VERSION", "TORCHAUDIO_VERSION"):
+        assert re.fullmatch(r"\d+\.\d+\.\d+", VERSIONS[key]), key
+    assert VERSIONS["NUNCHAKU"] == "false"  # Nunchaku INT4 does not run on Hopper
+
+
+def test_the_controller_and_devpod_commands() -> None:
+    (cmd,) = [json.loads(i.args) for i in final_stage("controller") if i.keyword == "CMD"]
+    assert cmd == ["python", "-m", "serverless_comfyui.controller"]
+    (cmd,) = [json.loads(i.args) for i in final_stage("devpod") if i.keyword == "CMD"]
+    assert cmd == ["sleep", "infinity"]
+    runs = " ".join(i.args for i in parse("devpod") if i.keyword == "RUN")
+    assert '"huggingface_hub==${HUGGINGFACE_HUB_VERSION}"' in runs
+    assert env_of(final_stage("devpod"))["HF_HOME"].startswith("/tmp/")
+
+
+def test_versions_env_agrees_with_the_operator_and_the_package() -> None:
+    downloader = OperatorSettings.model_fields["downloader_image"].default
+    assert VERSIONS["DEVPOD_IMAGE"] == downloader
+    project = tomllib.loads((REPO / "operator" / "pyproject.toml").read_text())["project"]
+    assert VERSIONS["IMAGE_VERSION"] == project["version"]
+    assert VERSIONS["REGISTRY"] == "ghcr.io/serverless-comfyui"
+    for key in ("COMFYUI_IMAGE", "CONTROLLER_IMAGE", "DEVPOD_IMAGE"):
+        assert VERSIONS[key].startswith(VERSIONS["REGISTRY"] + "/")
+        assert ":" in VERSIONS[key].rsplit("/", 1)[1], f"{key} has a tag"
+
+
+def image_references(node: object) -> set[str]:
+    """Every image a Helm values tree names: `image: repo:tag` or `{repository, tag}`."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("repository"), str) and node.get("tag") is not None:
+            found.add(f"{node['repository']}:{node['tag']}")
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                found.add(value)
+            found |= image_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= image_references(item)
+    return found
+
+
+def test_the_chart_defaults_to_these_images() -> None:
+    values = yaml.safe_load((REPO / "charts/serverless-comfyui/values.yaml").read_text())
+    named = image_references(values)
+    for key in ("COMFYUI_IMAGE", "CONTROLLER_IMAGE", "DEVPOD_IMAGE"):
+        assert VERSIONS[key] in named, f"charts/serverless-comfyui/values.yaml lacks {key}"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    dockerfiles = [str(IMAGES / name / "Dockerfile") for name in NAMES]
+    result = subprocess.run([hadolint, *dockerfiles], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_build(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """images/build.sh with a `docker` on PATH whose `info` fails: no engine answers."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "docker"
+    fake.write_text('#!/bin/sh\necho "Cannot connect to the Docker daemon" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    environment = {k: v for k, v in os.environ.items() if k not in VERSIONS}
+    environment["PATH"] = f"{bin_dir}:{environment['PATH']}"
+    environment.update(env)
+    return subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+def test_build_without_a_docker_engine_fails_with_directions(tmp_path: Path) -> None:
+    result = run_build(tmp_path)
+    assert result.returncode == 1
+    assert "no Docker engine answers here" in result.stderr
+    assert "built" in result.stderr and "elsewhere" in result.stderr
+    assert "make images" in result.stderr and "images/versions.env" in result.stderr
+    assert result.stdout == ""
+
+
+def test_build_commands_use_versions_env(tmp_path: Path) -> None:
+    result = run_build(tmp_path, DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line, name in zip(lines, NAMES, strict=True):
+        argv = shlex.split(line[2:])
+        assert argv[:3] == ["docker", "buildx", "build"]
+        assert argv[argv.index("--file") + 1] == str(IMAGES / name / "Dockerfile")
+        assert argv[argv.index("--tag") + 1] == VERSIONS[f"{name.upper()}_IMAGE"]
+        assert argv[-1] == str(REPO)
+    assert "--build-arg COMFYUI_VERSION=v0.8.0" in lines[0]
+
+    result = run_build(tmp_path, "comfyui", DRY_RUN="1", NUNCHAKU="true", REGISTRY="r.io/x")
+    assert "--tag r.io/x/comfyui:0.1.0-comfyui-v0.8.0-nunchaku" in result.stdout
+    assert "NUNCHAKU=true" in result.stdout
+
+    result = run_build(tmp_path, "nope", DRY_RUN="1")
+    assert result.returncode == 2 and "unknown image" in result.stderr
+
+
+# -- images/comfyui/fetch_source.py -------------------------------------------------------------
+
+
+def load_fetcher() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fetch_source", IMAGES / "comfyui" / "fetch_source.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_tarball(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch(tmp_path: Path, archive: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(IMAGES / "comfyui" / "fetch_source.py"),
+            "--repo",
+            "comfyanonymous/ComfyUI",
+            "--ref",
+            "v0.8.0",
+            "--dest",
+            str(tmp_path / "ComfyUI"),
+            "--url",
+            archive.as_uri(),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fetch_source_unpacks_the_tag_without_its_top_folder(tmp_path: Path) -> None:
+    archive = tmp_path / "src.tar.gz"
+    digest = make_tarball(
+        archive,
+        {"ComfyUI-0.8.0/main.py": b"print()\n", "ComfyUI-0.8.0/comfy/cli_args.py": b"x = 1\n"},
+        links={"ComfyUI-0.8.0/link.py": "main.py"},
+    )
+    result = fetch(tmp_path, archive, "--sha256", digest)
+    assert result.returncode == 0, result.stderr
+    assert digest in result.stdout
+    dest = tmp_path / "ComfyUI"
+    assert (dest / "main.py").read_text() == "print()\n"
+    assert (dest / "comfy" / "cli_args.py").is_file()
+    assert (dest / "link.py").resolve() == (dest / "main.py").resolve()
+
+    from serverless_comfyui.entrypoint.settings import COMFYUI_HOME
+
+    assert COMFYUI_HOME == "/opt/ComfyUI"
+    fetcher = load_fetcher()
+    assert fetcher.archive_url("comfyanonymous/ComfyUI", "v0.8.0") == (  # type: ignore[attr-defined]
+        "https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/v0.8.0.tar.gz"
+    )
+
+
+def test_fetch_source_refuses_a_different_archive_or_unsafe_paths(tmp_path: Path) -> None:
+    archive = tmp_path / "src.tar.gz"
+    make_tarball(archive, {"top/main.py": b"x"})
+    result = fetch(tmp_path, archive, "--sha256", "0" * 64)
+    assert result.returncode == 1 and "expected " + "0" * 64 in result.stderr
+    assert not (tmp_path / "ComfyUI").exists()
+
+    make_tarball(archive, {"top/../../evil.py": b"x"})
+    result = fetch(tmp_path, archive)
+    assert result.returncode == 1 and "unsafe path" in result.stderr
+    make_tarball(archive, {"top/a.py": b"x"}, links={"top/out": "../../etc/passwd"})
+    result = fetch(tmp_path, archive)
+    assert result.returncode == 1 and "link leaving the tree" in result.stderr
+    assert not (tmp_path / "evil.py").exists()

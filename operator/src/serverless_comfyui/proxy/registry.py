@@ -101,6 +101,15 @@ class App:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
+    async def wait_changed(self, within: float | None = None) -> bool:
+        """Wait for the next change of this application's pods (the broadcast above); True if
+        one came within `within` seconds. For watchers such as WebSocket fan-in and monitors."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
     # -- request path reads -------------------------------------------------------------------
 
     def touch(self) -> None:
@@ -110,9 +119,13 @@ class App:
         return [p for p in self.pods.values() if p.serving]
 
     def pick_for_prompt(self) -> PodState | None:
-        """The serving pod with the fewest outstanding prompts (ComfyUI runs one at a time);
-        pods being drained only when nothing else serves."""
-        candidates = [p for p in self.serving_pods() if not p.draining] or self.serving_pods()
+        """The serving pod with the fewest outstanding prompts (ComfyUI runs one at a time).
+        Pods being drained only when nothing else serves, and never once the application is
+        going to zero (their results would leave with them): then the request is held."""
+        serving = self.serving_pods()
+        candidates = [p for p in serving if not p.draining]
+        if not candidates and self.spec.replicas > 0:
+            candidates = serving
         if not candidates:
             return None
         return min(candidates, key=lambda p: (p.outstanding, p.name))

@@ -14,10 +14,22 @@ import time
 from pathlib import Path
 
 from serverless_comfyui.testworld.controlplane import TestWorld
+from serverless_comfyui.testworld.local import install_product
 from serverless_comfyui.testworld.processes import group_alive, kill_group
 
 # `make up` uses its own pod range so that it can run beside a test session (127.66.0.0/16).
 LOCAL_POD_CIDR = "127.64.0.0/16"
+
+
+PRODUCT_BANNER = """
+serverless-comfyui is up: the chart is installed in namespace {namespace}; the operator and the
+proxy run as local processes with the chart's ServiceAccounts (logs: {state}/world/logs/).
+
+  proxy:       {proxy}
+  model:       {model}   (the default FluxWorkflow, scaled to zero)
+  wake it:     curl -X GET {proxy}/openai/api/system_stats -d '{{"model": "{model}"}}'
+  an image:    bash scripts/generate.sh "a lighthouse at dusk" out.png
+"""
 
 
 def _pid_file(state: Path) -> Path:
@@ -32,16 +44,24 @@ def _running_pid(state: Path) -> int | None:
     return pid if group_alive(pid) else None
 
 
-def serve(state: Path) -> int:
-    """Foreground: start the world, publish the kubeconfig, stop everything on SIGTERM/SIGINT."""
-    world = TestWorld(state_dir=state / "world", pod_cidr=LOCAL_POD_CIDR)
+def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
+    """Foreground: start the world (and the product on it), publish the kubeconfig, stop
+    everything on SIGTERM/SIGINT."""
+    world = TestWorld(state_dir=state / "world", pod_cidr=pod_cidr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     world.start()
     (state / "kubeconfig").write_text(world.kubeconfig.read_text())
     (state / "kubeconfig").chmod(0o600)
-    (state / "ready").write_text(json.dumps({"server": world.server}))
+    info: dict[str, str] = {"server": world.server}
+    if product:
+        try:
+            info |= install_product(world, state, proxy_port)
+        except BaseException:
+            world.stop()
+            raise
+    (state / "ready").write_text(json.dumps(info))
     try:
         while not stop.wait(1.0):
             world.check_alive()
@@ -51,7 +71,7 @@ def serve(state: Path) -> int:
     return 0
 
 
-def up(state: Path) -> int:
+def up(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
     state.mkdir(parents=True, exist_ok=True)
     if _running_pid(state):
         print(f"the test world is already running (kubeconfig: {state / 'kubeconfig'})")
@@ -59,7 +79,16 @@ def up(state: Path) -> int:
     (state / "ready").unlink(missing_ok=True)
     log = (state / "world.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serverless_comfyui.testworld", "serve", f"--state-dir={state}"],
+        [
+            sys.executable,
+            "-m",
+            "serverless_comfyui.testworld",
+            "serve",
+            f"--state-dir={state}",
+            f"--proxy-port={proxy_port}",
+            f"--pod-cidr={pod_cidr}",
+            *([] if product else ["--world-only"]),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -75,7 +104,10 @@ def up(state: Path) -> int:
             kill_group(proc.pid)
             return 1
         time.sleep(0.5)
-    server = json.loads((state / "ready").read_text())["server"]
+    info = json.loads((state / "ready").read_text())
+    server = info["server"]
+    if "proxy" in info:
+        print(PRODUCT_BANNER.format(state=state, **info))
     print(
         f"""
 The test world is up (a real Kubernetes {server} control plane on loopback).
@@ -85,7 +117,7 @@ The test world is up (a real Kubernetes {server} control plane on loopback).
 
 SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu each,
 cpu-0) and every pod labelled app.kubernetes.io/component=comfyui is served by a ComfyUI emulator
-on its loopback pod IP ({LOCAL_POD_CIDR}). No GPU and no container runs.
+on its loopback pod IP ({pod_cidr}). No GPU and no container runs.
 Stop it with `make down`.
 """
     )
@@ -107,10 +139,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m serverless_comfyui.testworld")
     parser.add_argument("command", choices=["up", "down", "serve"])
     parser.add_argument("--state-dir", default=".local", type=Path)
+    parser.add_argument(
+        "--world-only", action="store_true", help="the control plane only, without the product"
+    )
+    parser.add_argument("--proxy-port", type=int, default=8080)
+    parser.add_argument("--pod-cidr", default=LOCAL_POD_CIDR)
     args = parser.parse_args()
     state = args.state_dir.resolve()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return {"up": up, "down": down, "serve": serve}[args.command](state)
+    if args.command == "down":
+        return down(state)
+    if args.command == "up":
+        return up(state, not args.world_only, args.proxy_port, args.pod_cidr)
+    return serve(state, not args.world_only, args.proxy_port, args.pod_cidr)
 
 
 if __name__ == "__main__":

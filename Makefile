@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml | sha1sum | cut 
 TOOLS_STAMP := .tools/bin/.built-$(shell cat scripts/tools.env scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools lint fmt test test-unit test-integration up down clean images bench
+.PHONY: help venv tools redis lint fmt test test-unit test-integration up down clean images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -29,6 +29,9 @@ $(TOOLS_STAMP): scripts/tools.env scripts/build-tools.sh
 
 tools: $(TOOLS_STAMP) ## build etcd, kube-*, kubectl, kwok, helm from Go modules into .tools/bin
 
+redis: ## make redis-server available (the generation API's store is tested against a real one)
+	bash scripts/ensure-redis.sh
+
 lint: venv ## ruff (lint + format check), mypy and hadolint (Dockerfiles)
 	$(VENV)/bin/ruff check operator/src tests
 	$(VENV)/bin/ruff format --check operator/src tests
@@ -39,13 +42,13 @@ fmt: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix operator/src tests
 	$(VENV)/bin/ruff format operator/src tests
 
-test: tools venv lint ## lint, then all tests (unit + integration on a real control plane)
+test: tools venv redis lint ## lint, then all tests (unit + integration on a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: venv ## unit tests only (no control plane)
+test-unit: venv redis ## unit tests only (no control plane)
 	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
 
-test-integration: tools venv ## integration tests on the real control plane
+test-integration: tools venv redis ## integration tests on the real control plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 up: tools venv ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods)

@@ -777,6 +777,16 @@ def test_subchart_is_wired_to_crds_enabled() -> None:
     ("args", "expected"),
     [
         pytest.param(
+            ["--set", "proxy.replicas=3"],
+            ["proxy.replicas is 3 but proxy.api.storeUrl is empty"],
+            id="replicas-need-redis",
+        ),
+        pytest.param(
+            ["--set", "proxy.api.storeUrl=postgres://db"],
+            ["/proxy/api/storeUrl"],
+            id="store-url-scheme",
+        ),
+        pytest.param(
             ["--set", "model.resourceProfile=gpu_h100:1"],
             ["/model/resourceProfile", "'gpu_h100:1' does not match pattern"],
             id="resourceProfile-syntax",
@@ -952,3 +962,37 @@ def test_schema_is_strict_at_every_level() -> None:
     visit(schema, "#")
     assert not loose, f"objects accepting unknown keys: {loose}"
     assert schema["additionalProperties"] is False
+
+
+def test_proxy_keeps_generation_api_state_on_the_claim() -> None:
+    """The API's file store and results live on the models claim (they must outlive the pod);
+    a Redis URL and the webhook secret reach the proxy when set."""
+    (deployment,) = [
+        o for o in render() if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("proxy")
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["SERVERLESS_COMFYUI_API_STATE_DIR"]["value"] == "/var/lib/serverless-comfyui/api"
+    assert "SERVERLESS_COMFYUI_API_STORE_URL" not in env
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-state")
+    assert mount == {
+        "name": "api-state",
+        "mountPath": "/var/lib/serverless-comfyui/api",
+        "subPath": "apps/serverless-comfyui/api",
+    }
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-state")
+    assert volume["persistentVolumeClaim"]["claimName"] == "pvc-capacity-userdata"
+
+    (redis,) = [
+        o
+        for o in render(
+            "--set", "proxy.api.storeUrl=redis://r:6379/0", "--set", "proxy.api.webhookSecret=hooks"
+        )
+        if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("proxy")
+    ]
+    env = {e["name"]: e for e in redis["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SERVERLESS_COMFYUI_API_STORE_URL"]["value"] == "redis://r:6379/0"
+    assert env["SERVERLESS_COMFYUI_API_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hooks",
+        "key": "webhook-secret",
+    }

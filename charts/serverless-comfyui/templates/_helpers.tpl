@@ -194,4 +194,7 @@ each mountPath names the ComfyUI folder (models, input, output), subPath the fol
 {{- $names = append $names .name -}}
 {{- end -}}
 {{- $_ := include "serverless-comfyui.storage" . -}}
+{{- if and .Values.proxy.enabled (gt (int .Values.proxy.replicas) 1) (not .Values.proxy.api.storeUrl) -}}
+{{- fail (printf "proxy.replicas is %d but proxy.api.storeUrl is empty: the file task store serves one replica; set proxy.api.storeUrl to a redis:// URL" (int .Values.proxy.replicas)) -}}
+{{- end -}}
 {{- end -}}

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from serverless_comfyui.api import ApiSettings, mount_api
 from serverless_comfyui.proxy import metrics, routes_comfy, routes_ops, ui
 from serverless_comfyui.proxy.auth import ApiKeys, RateLimiter, auth_middleware
 from serverless_comfyui.proxy.context import (
@@ -133,6 +134,17 @@ def create_app(settings: ProxySettings, registry: Registry, control: Control) ->
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     routes_ops.add_routes(app)
+    # The generation API (/v1/..., /comfyui-api/...) before the ComfyUI catch-all routes.
+    mount_api(
+        app,
+        ApiSettings(),
+        registry,
+        control.wake,
+        None,
+        settings.hold_timeout_seconds,
+        settings.max_held_per_model,
+        synced=lambda: control.synced,
+    )
     ui.add_routes(app)
     routes_comfy.add_routes(app)
     return app

@@ -29,6 +29,12 @@ COMFYUI_HOME = "/opt/ComfyUI"
 # emulator process, e.g. `emulator.serverless-comfyui.io/step-seconds: "0.5"`.
 EMULATOR_ANNOTATION_PREFIX = "emulator.serverless-comfyui.io/"
 DEFAULT_PORT = 8188
+LOOPBACK_ONLY_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "ALL_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
 
 
 @dataclass
@@ -99,13 +105,17 @@ async def plan_launch(api: client.CoreV1Api, pod: Any, ip: str, scratch: Path) -
     data_dir = scratch / "comfyui"
 
     if component(pod) == DOWNLOADER_COMPONENT:
+        # The test world may only reach loopback: any other URL (say huggingface.co in a chart's
+        # default FluxWorkflow) goes through a proxy on a closed loopback port and fails at once.
+        env.update(LOOPBACK_ONLY_ENV)
         log_path = container.termination_message_path or "/dev/termination-log"
         termination_log = scratch / "termination-log"
         mounts[log_path] = termination_log
         command = [*(container.command or []), *(container.args or [])]
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable
         args = [translate(arg, mounts) for arg in command]
+        # After translating: the host interpreter's own path may start with a mount path (/tmp).
+        if args and args[0] in ("python", "python3"):
+            args[0] = sys.executable
         return Launch(args, env, True, termination_log, mounts)
 
     health = named_port(container, "health")

@@ -178,6 +178,8 @@ def install_product(world: TestWorld, state: Path, proxy_port: int = 8080) -> di
             "SERVERLESS_COMFYUI_PROXY_NAMESPACES": json.dumps([NAMESPACE]),
             "SERVERLESS_COMFYUI_PROXY_LEASE_NAMESPACE": NAMESPACE,
             "SERVERLESS_COMFYUI_PROXY_POD_NAME": "local-proxy",
+            # The generation API's tasks and results, kept across proxy restarts.
+            "SERVERLESS_COMFYUI_API_STATE_DIR": str(state / "api"),
         },
     )
     for proc in (operator, proxy):

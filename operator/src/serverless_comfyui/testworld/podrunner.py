@@ -163,7 +163,15 @@ class PodRunner:
                 log.warning("cannot start %s yet: %s", running.key, exc)
                 self.pods.pop(uid)
                 return
-            await self._start_process(running)
+            try:
+                await self._start_process(running)
+            except OSError as exc:  # e.g. the command does not exist: the container fails
+                log.warning("cannot start %s: %s", running.key, exc)
+                if running.launch.run_to_completion:
+                    await self._set_terminated(running, 127)
+                else:
+                    self.pods.pop(uid)
+                return
             running.tasks.append(asyncio.create_task(self._supervise(running)))
             if not running.launch.run_to_completion:
                 running.tasks.append(asyncio.create_task(self._probe_loop(running)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
@@ -20,6 +19,7 @@ import structlog
 
 from serverless_comfyui.emulator.app import run_emulator
 from serverless_comfyui.emulator.settings import EmulatorSettings
+from serverless_comfyui.logs import configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
@@ -40,23 +40,6 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--log-level", dest="log_level")
     args = parser.parse_args(argv)
     return {key: value for key, value in vars(args).items() if value is not None}
-
-
-def configure_logging(level_name: str) -> None:
-    level = logging.getLevelName(level_name.upper())
-    level = level if isinstance(level, int) else logging.INFO
-    logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING))
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 async def _serve(settings: EmulatorSettings) -> None:

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from serverless_comfyui.entrypoint import drain
 from serverless_comfyui.entrypoint.app import Entrypoint
-from serverless_comfyui.entrypoint.logs import configure_logging, get_logger
+from serverless_comfyui.entrypoint.logs import get_logger
 from serverless_comfyui.entrypoint.settings import EntrypointSettings
+from serverless_comfyui.logs import configure_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,37 +10,19 @@ requests up to SHUTDOWN_SECONDS to finish.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
 import structlog
 from aiohttp import web
 
+from serverless_comfyui.logs import configure_logging
 from serverless_comfyui.proxy.app import create_app
 from serverless_comfyui.proxy.control import Control
 from serverless_comfyui.proxy.registry import Registry
 from serverless_comfyui.proxy.settings import ProxySettings
 
 SHUTDOWN_SECONDS = 20.0
-
-
-def configure_logging(level_name: str) -> None:
-    level = logging.getLevelName(level_name.upper())
-    level = level if isinstance(level, int) else logging.INFO
-    logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def make_control(settings: ProxySettings, registry: Registry) -> Control:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import sys
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +16,8 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
-from serverless_comfyui.crd.generate import CHART_PATH
-from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
-from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+from serverless_comfyui.testworld import MissingToolError, TestWorld, components, find_tools_bin
+from serverless_comfyui.testworld.processes import ManagedProcess
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -82,7 +78,7 @@ async def create_namespace(kube: client.ApiClient, prefix: str) -> str:
 
 
 CHART = Path(__file__).parents[1] / "charts" / "serverless-comfyui"
-CRD_FILE = CHART.parents[1] / CHART_PATH
+CRD_FILE = components.CRD_FILE
 
 
 @pytest.fixture
@@ -144,15 +140,7 @@ async def file_server(tmp_path: Path) -> AsyncIterator[FileServer]:
 @pytest.fixture(scope="session")
 def crd(world: TestWorld) -> Path:
     """The FluxWorkflow CRD from the chart, installed and established."""
-    applied = world.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    assert applied.returncode == 0, applied.stderr
-    established = world.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/fluxworkflows.serverless-comfyui.io",
-    )
-    assert established.returncode == 0, established.stderr
+    components.install_crd(world)
     return CRD_FILE
 
 
@@ -171,29 +159,10 @@ def start_operator(
 ) -> ManagedProcess:
     """An operator process serving the namespaces matching the glob (test namespaces are
     `t-*`; a test that runs its own operator uses another prefix so the two never overlap)."""
-    port = free_port()
     env = {
-        **os.environ,
         "SERVERLESS_COMFYUI_NAMESPACES": json.dumps([namespaces]),
-        "KUBECONFIG": str(world.kubeconfig),
-        "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
         "SERVERLESS_COMFYUI_PROXY_URL": "http://127.0.0.1:8080",
         # The test file server is on loopback; it may receive the (test) Hugging Face token.
         "SERVERLESS_COMFYUI_DOWNLOAD_TOKEN_HOSTS": '["127.0.0.1"]',
     }
-    proc = ManagedProcess(
-        name,
-        [sys.executable, "-m", "serverless_comfyui.controller"],
-        world.logs / f"{name}.log",
-        env=env,
-    )
-    proc.start()
-    world.processes.append(proc)
-
-    def healthy() -> bool:
-        proc.ensure_alive()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-
-    wait_until(healthy, 60, "the operator's liveness endpoint")
-    return proc
+    return components.start_operator(world, name, env)

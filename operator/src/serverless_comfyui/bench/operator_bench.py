@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,8 @@ from serverless_comfyui.bench.stats import rss_mib, summary
 from serverless_comfyui.crd.generate import CHART_PATH
 from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
 from serverless_comfyui.testworld import TestWorld
-from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+from serverless_comfyui.testworld.components import install_crd, start_operator
+from serverless_comfyui.testworld.processes import ManagedProcess
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
 CRD_FILE = Path(__file__).parents[4] / CHART_PATH
@@ -184,27 +183,8 @@ def run(state_dir: Path, samples: int = 30) -> dict[str, Any]:
     world = TestWorld(state_dir=state_dir, pod_cidr="127.69.0.0/16")
     world.start()
     try:
-        assert world.kubectl("apply", "--server-side", "-f", str(CRD_FILE)).returncode == 0
-        world.kubectl("wait", "--for=condition=Established", "crd/fluxworkflows." + GROUP)
-        port = free_port()
-        operator = ManagedProcess(
-            "operator",
-            [sys.executable, "-m", "serverless_comfyui.controller"],
-            world.logs / "operator.log",
-            env={
-                **os.environ,
-                "KUBECONFIG": str(world.kubeconfig),
-                "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
-            },
-        )
-        operator.start()
-        world.processes.append(operator)
-
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-
-        wait_until(healthy, 60, "the operator")
+        install_crd(world)
+        operator = start_operator(world)
         return asyncio.run(_measure(world, operator, samples))
     finally:
         world.stop()

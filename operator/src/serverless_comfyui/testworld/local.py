@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
+from serverless_comfyui.testworld.components import start_operator
 from serverless_comfyui.testworld.controlplane import TestWorld
-from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+from serverless_comfyui.testworld.processes import ManagedProcess, wait_until
 
 NAMESPACE = "serverless-comfyui"
 RELEASE = "serverless-comfyui"
@@ -152,17 +153,12 @@ def install_product(world: TestWorld, state: Path, proxy_port: int = 8080) -> di
         )
     )
     common = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    liveness = free_port()
-    operator = ManagedProcess(
-        "operator",
-        [sys.executable, "-m", "serverless_comfyui.controller"],
-        world.logs / "operator.log",
+    operator = start_operator(
+        world,
         env={
-            **common,
             "KUBECONFIG": str(_service_account_kubeconfig(world, "operator", state)),
             "SERVERLESS_COMFYUI_NAMESPACES": json.dumps([NAMESPACE]),
             "SERVERLESS_COMFYUI_PROFILES_FILE": str(profiles),
-            "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{liveness}/healthz",
             "SERVERLESS_COMFYUI_PROXY_URL": f"http://127.0.0.1:{proxy_port}",
         },
     )
@@ -182,18 +178,15 @@ def install_product(world: TestWorld, state: Path, proxy_port: int = 8080) -> di
             "SERVERLESS_COMFYUI_API_STATE_DIR": str(state / "api"),
         },
     )
-    for proc in (operator, proxy):
-        proc.start()
-        world.processes.append(proc)
+    proxy.start()
+    world.processes.append(proxy)
 
     def ready() -> bool:
         operator.ensure_alive()
         proxy.ensure_alive()
-        return _http_ok(f"http://127.0.0.1:{liveness}/healthz") and _http_ok(
-            f"http://127.0.0.1:{proxy_port}/readyz"
-        )
+        return _http_ok(f"http://127.0.0.1:{proxy_port}/readyz")
 
-    wait_until(ready, 90, "the operator and the proxy")
+    wait_until(ready, 90, "the proxy")
     phase_path = "jsonpath={.status.phase}"
     deadline = time.monotonic() + 60
     while _run(world, "-n", NAMESPACE, "get", f"fluxworkflow/{APP}", "-o", phase_path) != (

@@ -1,0 +1,56 @@
+"""Our own processes on the test world, run as they would run in a pod: the operator (and the
+CRD it needs). Used by the tests, the benchmarks and `make up`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from serverless_comfyui.crd.generate import CHART_PATH
+from serverless_comfyui.crd.models import CRD_NAME
+from serverless_comfyui.testworld.controlplane import TestWorld
+from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+
+CRD_FILE = Path(__file__).resolve().parents[4] / CHART_PATH
+
+
+def install_crd(world: TestWorld) -> None:
+    """The FluxWorkflow CRD from the chart, applied and Established."""
+    for args in (
+        ("apply", "--server-side", "-f", str(CRD_FILE)),
+        ("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}"),
+    ):
+        result = world.kubectl(*args)
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {args[0]} of the CRD failed: {result.stderr.strip()}")
+
+
+def start_operator(
+    world: TestWorld, name: str = "operator", env: dict[str, str] | None = None
+) -> ManagedProcess:
+    """The operator as a process, with world's admin kubeconfig unless env sets KUBECONFIG;
+    returns once kopf's liveness endpoint answers. It stops with the world."""
+    port = free_port()
+    proc = ManagedProcess(
+        name,
+        [sys.executable, "-m", "serverless_comfyui.controller"],
+        world.logs / f"{name}.log",
+        env={
+            **os.environ,
+            "KUBECONFIG": str(world.kubeconfig),
+            "SERVERLESS_COMFYUI_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
+            **(env or {}),
+        },
+    )
+    proc.start()
+    world.processes.append(proc)
+
+    def healthy() -> bool:
+        proc.ensure_alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+
+    wait_until(healthy, 60, f"the liveness endpoint of {name}")
+    return proc

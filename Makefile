@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml | sha1sum | cut 
 TOOLS_STAMP := .tools/bin/.built-$(shell cat scripts/tools.env scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools redis lint fmt test test-unit test-integration up down clean images bench
+.PHONY: help venv tools redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -59,6 +59,9 @@ down: ## stop everything `make up` started
 
 bench: tools venv ## benchmarks, each against a baseline measured in the same run (BENCH_ARGS='--runs 1')
 	$(PY) -m serverless_comfyui.bench $(BENCH_ARGS)
+
+e2e-kind: ## the chart on a kind cluster with real images (needs Docker and kind; not run in CI)
+	bash scripts/e2e-kind.sh
 
 images: ## build the container images with docker buildx (needs a Docker engine; see images/README.md)
 	bash images/build.sh

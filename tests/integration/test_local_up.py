@@ -4,9 +4,12 @@ beside a developer's own `make up`.)"""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,6 +84,18 @@ def test_up_generate_down(tmp_path: Path) -> None:
         )
         assert generated.returncode == 0, generated.stderr
         assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        # The printed one-call alternative: the generation API.
+        body = json.dumps({"model": "serverless-comfyui", "prompt": "a lighthouse at dusk"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/generate",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            result = json.load(response)
+        assert result["status"] == "completed", result
+        png = base64.b64decode(result["results"][0]["base64"])
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
     finally:
         down = subprocess.run(
             [*command, "down", f"--state-dir={state}"],

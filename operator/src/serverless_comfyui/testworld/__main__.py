@@ -29,6 +29,9 @@ proxy run as local processes with the chart's ServiceAccounts (logs: {state}/wor
   model:       {model}   (the default FluxWorkflow, scaled to zero)
   wake it:     curl -X GET {proxy}/openai/api/system_stats -d '{{"model": "{model}"}}'
   an image:    bash scripts/generate.sh "a lighthouse at dusk" out.png
+  or one call: curl -s {proxy}/v1/generate -H 'Content-Type: application/json' \\
+                 -d '{{"model": "{model}", "prompt": "a lighthouse at dusk"}}'
+               (JSON with the seed, timings and the PNG in results[0].base64; docs: {proxy}/v1/docs)
 """
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, components, find_tools_bin
-from serverless_comfyui.testworld.processes import ManagedProcess
+from serverless_comfyui.testworld.processes import ManagedProcess, wait_until
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -148,10 +148,40 @@ def crd(world: TestWorld) -> Path:
 def operator(world: TestWorld, crd: Path) -> Iterator[ManagedProcess]:
     """The operator running as a host process against the test world, as it would in-cluster."""
     proc = start_operator(world)
+    wait_until_reconciling(world, proc)
     try:
         yield proc
     finally:
         proc.stop()
+
+
+def wait_until_reconciling(world: TestWorld, proc: ManagedProcess) -> None:
+    """kopf answers its liveness probe before its watches run (and a just-created CRD can keep
+    the apiserver busy for a while): wait until a canary FluxWorkflow gets a status."""
+    namespace = f"t-canary-{uuid.uuid4().hex[:6]}"
+    canary = {
+        "apiVersion": "serverless-comfyui.io/v1alpha1",
+        "kind": "FluxWorkflow",
+        "metadata": {"name": "canary", "namespace": namespace},
+        "spec": {
+            "image": "canary",
+            "resourceProfile": "cpu:1",
+            "workflow": {"name": "warmup"},
+        },
+    }
+    assert world.kubectl("create", "namespace", namespace).returncode == 0
+    created = world.kubectl("apply", "-f", "-", input=json.dumps(canary))
+    assert created.returncode == 0, created.stderr
+
+    def has_status() -> bool:
+        proc.ensure_alive()
+        phase = world.kubectl("-n", namespace, "get", "fw/canary", "-o", "jsonpath={.status.phase}")
+        return bool(phase.stdout.strip())
+
+    try:
+        wait_until(has_status, 120, "the operator's first reconcile")
+    finally:
+        world.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def start_operator(

@@ -505,7 +505,7 @@ async def test_one_leader_writes_scale_decisions_and_another_takes_over_when_it_
     await eventually(
         lambda: replicas_is(kube, namespace, "led", 0), delay + SETTLE + SLACK + 1, "zero"
     )
-    assert len(scaled(leader, "down")) == 1
+    await eventually(lambda: len(scaled(leader, "down")) == 1, 5, "the leader's scale log")
     assert not scaled(follower, "down") and not scaled(follower, "up")
 
     # Wake it again, then kill the leader: the follower takes over and scales it down.
@@ -520,7 +520,8 @@ async def test_one_leader_writes_scale_decisions_and_another_takes_over_when_it_
     assert takeover <= 10.0 + 2.0 + SLACK  # lease duration + retry period
     await eventually(lambda: replicas_is(kube, namespace, "led", 0), 15, "zero by the new leader")
     print(f"zero {time.monotonic() - killed:.1f}s after the leader was killed")
-    assert len(scaled(follower, "down")) == 1
+    # The log line follows the scale write: wait for it rather than race it.
+    await eventually(lambda: len(scaled(follower, "down")) == 1, 5, "the follower's scale log")
 
 
 async def _holder_is(kube: client.ApiClient, namespace: str, identity: str) -> bool:
@@ -564,4 +565,5 @@ async def test_a_replaced_proxy_neither_forgets_recent_activity_nor_restarts_the
     idle_for = time.monotonic() - last_request
     print(f"zero {idle_for:.1f}s after the last request (delay {delay}s), across a restart")
     assert idle_for <= delay + SETTLE + SLACK + 0.5
-    assert len(scaled(new, "down")) == 1
+    await eventually(lambda: len(scaled(new, "down")) == 1, 5, "the new proxy's scale log")
+    assert not scaled(old, "down")

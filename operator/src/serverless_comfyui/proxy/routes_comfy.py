@@ -408,8 +408,9 @@ async def get_history(request: web.Request) -> web.StreamResponse:
     return web.json_response(dict(ordered))
 
 
-async def get_history_id(request: web.Request) -> web.StreamResponse:
-    prompt_id = request.match_info["prompt_id"]
+async def _by_id(request: web.Request, prompt_id: str) -> web.StreamResponse | list[Reply]:
+    """A GET about one prompt: the owner pod's answer when the id is ours (404 when that pod is
+    gone); for an id the proxy did not mint, every serving pod's 200 answers, never waking."""
     inc = await incoming(request)
     app = app_by_id(request, inc, prompt_id)
     located = locate(app, prompt_id)
@@ -419,8 +420,16 @@ async def get_history_id(request: web.Request) -> web.StreamResponse:
             raise gone(app, prompt_id)
         reply = await ctx.up.call(located.pod, "GET", inc.url, headers=headers_for(request, inc))
         return reply.response()
-    for _, answer in await ctx.up.json_from_all(app.serving_pods(), "GET", inc.url):
-        body = answer.json() if isinstance(answer, Reply) and answer.status == 200 else None
+    answers = await ctx.up.json_from_all(app.serving_pods(), "GET", inc.url)
+    return [a for _, a in answers if isinstance(a, Reply) and a.status == 200]
+
+
+async def get_history_id(request: web.Request) -> web.StreamResponse:
+    found = await _by_id(request, request.match_info["prompt_id"])
+    if not isinstance(found, list):
+        return found
+    for answer in found:
+        body = answer.json()
         if isinstance(body, dict) and body:
             return web.json_response(body)
     return web.json_response({})
@@ -480,19 +489,11 @@ async def get_jobs(request: web.Request) -> web.StreamResponse:
 
 
 async def get_job_id(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info["job_id"]
-    inc = await incoming(request)
-    app = app_by_id(request, inc, job_id)
-    located = locate(app, job_id)
-    ctx = context_of(request)
-    if located.ours:
-        if located.pod is None:
-            raise gone(app, job_id)
-        reply = await ctx.up.call(located.pod, "GET", inc.url, headers=headers_for(request, inc))
-        return reply.response()
-    for _, answer in await ctx.up.json_from_all(app.serving_pods(), "GET", inc.url):
-        if isinstance(answer, Reply) and answer.status == 200:
-            return answer.response()
+    found = await _by_id(request, request.match_info["job_id"])
+    if not isinstance(found, list):
+        return found
+    if found:
+        return found[0].response()
     return web.json_response({"error": "Job not found"}, status=404)
 
 

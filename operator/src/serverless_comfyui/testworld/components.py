@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.request
 from pathlib import Path
 
 from serverless_comfyui.crd.generate import CHART_PATH
 from serverless_comfyui.crd.models import CRD_NAME
-from serverless_comfyui.testworld.controlplane import TestWorld
+from serverless_comfyui.testworld.controlplane import TestWorld, http_ok
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
 
 CRD_FILE = Path(__file__).resolve().parents[4] / CHART_PATH
@@ -49,8 +48,7 @@ def start_operator(
 
     def healthy() -> bool:
         proc.ensure_alive()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
+        return http_ok(f"http://127.0.0.1:{port}/healthz")
 
     wait_until(healthy, 60, f"the liveness endpoint of {name}")
     return proc

@@ -133,7 +133,7 @@ class TestWorld:
                 "--log-level=warn",
             ],
         )
-        self._wait(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
+        self._wait(lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
 
         api_port = free_port()
         self.server = f"https://127.0.0.1:{api_port}"
@@ -163,7 +163,7 @@ class TestWorld:
         )
         ca = pki / "apiserver.crt"
         self._wait(
-            lambda: _http_ok(f"{self.server}/readyz", ca=ca, token=token), deadline, "apiserver"
+            lambda: http_ok(f"{self.server}/readyz", ca=ca, token=token), deadline, "apiserver"
         )
         self._write_kubeconfig(ca, token)
 
@@ -301,7 +301,8 @@ class TestWorld:
         self.kubeconfig.chmod(0o600)
 
 
-def _http_ok(url: str, ca: Path | None = None, token: str | None = None) -> bool:
+def http_ok(url: str, ca: Path | None = None, token: str | None = None) -> bool:
+    """GET url answers 200 (https: verified against ca, with a bearer token if given)."""
     context = None
     if url.startswith("https"):
         if ca is None or not ca.exists():

@@ -15,14 +15,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from serverless_comfyui.testworld.components import start_operator
-from serverless_comfyui.testworld.controlplane import TestWorld
+from serverless_comfyui.testworld.controlplane import TestWorld, http_ok
 from serverless_comfyui.testworld.processes import ManagedProcess, wait_until
 
 NAMESPACE = "serverless-comfyui"
@@ -116,11 +115,6 @@ def _service_account_kubeconfig(world: TestWorld, component: str, out: Path) -> 
     return path
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
-
-
 def install_product(world: TestWorld, state: Path, proxy_port: int = 8080) -> dict[str, str]:
     """Installs the chart, starts the operator and proxy; returns what `make up` prints."""
     _run(world, "create", "namespace", NAMESPACE)
@@ -184,7 +178,7 @@ def install_product(world: TestWorld, state: Path, proxy_port: int = 8080) -> di
     def ready() -> bool:
         operator.ensure_alive()
         proxy.ensure_alive()
-        return _http_ok(f"http://127.0.0.1:{proxy_port}/readyz")
+        return http_ok(f"http://127.0.0.1:{proxy_port}/readyz")
 
     wait_until(ready, 90, "the proxy")
     phase_path = "jsonpath={.status.phase}"

@@ -5,25 +5,45 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml | sha1sum | cut -c1-12)
-TOOLS_STAMP := .tools/bin/.built-$(shell cat scripts/tools.env scripts/build-tools.sh | sha1sum | cut -c1-12)
+LOCK := operator/uv.lock
+IMAGE_LOCK := operator/requirements.lock
+UV_DIR := .tools/uv
+UV := $(UV_DIR)/bin/uv
+STAMP := $(VENV)/.installed-$(shell cat operator/pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
+# uv uses the machine's Python (never downloads one) and fills .venv at the repository root.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+TOOL_MODULES := $(wildcard tools/*/go.mod tools/*/go.sum)
+TOOLS_STAMP := .tools/bin/.built-$(shell cat $(TOOL_MODULES) scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
+.PHONY: help venv lock tools redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(STAMP): operator/pyproject.toml
+$(UV): scripts/uv-requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.11" >&2; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -e 'operator[dev]'
+	$(PYTHON) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r scripts/uv-requirements.txt
+	@touch $@
+
+# The lock must match operator/pyproject.toml (uv checks the declared requirements, not file
+# dates); `uv sync --locked` then installs exactly the lock, every file checked against its hash.
+$(STAMP): operator/pyproject.toml $(LOCK) $(UV)
+	@$(UV) lock --project operator --check --quiet || { \
+	  echo "error: $(LOCK) is out of date with operator/pyproject.toml: run 'make lock'" >&2; exit 1; }
+	$(UV) sync --project operator --locked --extra dev --quiet
 	@rm -f $(VENV)/.installed-*; touch $@
 
-venv: $(STAMP) ## create .venv with the pinned Python dependencies
+venv: $(STAMP) ## create .venv from the hashed lock (operator/uv.lock)
 
-$(TOOLS_STAMP): scripts/tools.env scripts/build-tools.sh
+lock: $(UV) ## re-resolve operator/uv.lock after editing operator/pyproject.toml (and the images' export)
+	$(UV) lock --project operator
+	$(UV) export --project operator --frozen --no-emit-project --quiet -o $(IMAGE_LOCK)
+
+$(TOOLS_STAMP): $(TOOL_MODULES) scripts/build-tools.sh
 	bash scripts/build-tools.sh
 	@rm -f .tools/bin/.built-*; touch $@
 

@@ -24,17 +24,24 @@ echo "submitting to $PROXY (model $MODEL); a scaled-to-zero app first waits for 
 prompt_id=$(curl -sf -X POST "$PROXY/openai/api/prompt" -H 'Content-Type: application/json' \
   -d "$body" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["prompt_id"])')
 echo "prompt_id: $prompt_id" >&2
+# The history check exits 3 when the prompt failed in ComfyUI: stop at once with its message
+# (any other failure, e.g. the proxy still answering 503 during a cold start, is retried).
 for _ in $(seq 1 600); do
+  rc=0
   image=$(curl -sf "$PROXY/openai/api/history/$prompt_id?model=$MODEL" | "$PY" -c '
 import json, sys, urllib.parse
 entry = json.load(sys.stdin).get(sys.argv[1])
 if entry and entry["status"].get("status_str") == "error":
-    sys.exit("generation failed: " + json.dumps(entry["status"]["messages"][-1]))
+    print("generation failed: " + json.dumps(entry["status"]["messages"][-1]), file=sys.stderr)
+    sys.exit(3)
 for out in (entry or {}).get("outputs", {}).values():
     for img in out.get("images", []):
         print(urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")}))
         sys.exit(0)
-' "$prompt_id") && [ -n "$image" ] && break
+' "$prompt_id") || rc=$?
+  [ "$rc" -eq 3 ] && exit 1
+  [ "$rc" -eq 0 ] && [ -n "$image" ] && break
+  image=""
   sleep 1
 done
 [ -n "${image:-}" ] || { echo "no image after 10 minutes" >&2; exit 1; }

@@ -34,9 +34,9 @@ from serverless_comfyui.downloader.core import (
 EXIT_PERMANENT = 3
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serverless_comfyui.downloader",
+        prog=prog or "python -m serverless_comfyui.downloader",
         description="Download ComfyUI model files: resumable, sha256-verified, atomic.",
     )
     parser.add_argument("--dest", required=True, type=Path, help="ComfyUI models folder")
@@ -86,8 +86,8 @@ def write_termination_log(path: Path, results: list[DownloadResult]) -> None:
     path.write_text(text[:4096])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
     try:
         models = load_manifest(args.manifest)
         token = read_token(args.token_file)

@@ -21,9 +21,9 @@ from serverless_comfyui.entrypoint.settings import EntrypointSettings
 from serverless_comfyui.logs import configure_logging
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m serverless_comfyui.entrypoint",
+        prog=prog or "python -m serverless_comfyui.entrypoint",
         description="Supervise ComfyUI: ready only once warm, drain before stop.",
     )
     sub = parser.add_subparsers(dest="command")
@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     if args.command == "drain":
         return drain.main(args.url, args.timeout)
     try:

@@ -32,6 +32,37 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _kubectl(state: Path, *args: str) -> str:
+    done = subprocess.run(
+        [str(find_tools_bin() / "kubectl"), f"--kubeconfig={state / 'kubeconfig'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def _fail_next_prompts(state: Path, count: int) -> None:
+    """Make the warm pod's emulated ComfyUI fail its next prompts in a node, as a corrupt model
+    file makes the real one fail (the emulator's test-only control API, on the pod's IP)."""
+    selector = "app.kubernetes.io/component=comfyui"
+    ip = _kubectl(
+        state, "-n", "serverless-comfyui", "get", "pods", "-l", selector,
+        "-o", "jsonpath={.items[0].status.podIP}",
+    )  # fmt: skip
+    request = urllib.request.Request(
+        f"http://{ip}:8188/_emulator/faults",
+        data=json.dumps({"fail_next_prompts": count}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+# make up builds a control plane, installs the chart and cold-starts a pod: a minute when the
+# machine is quiet, several when it is loaded; the limits only stop a hung run.
+@pytest.mark.timeout(1200)
 @pytest.mark.cluster
 def test_up_generate_down(tmp_path: Path) -> None:
     state = tmp_path / "local"
@@ -48,7 +79,7 @@ def test_up_generate_down(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=env,
         cwd=ROOT,
     )
@@ -96,6 +127,7 @@ def test_up_generate_down(tmp_path: Path) -> None:
         assert result["status"] == "completed", result
         png = base64.b64decode(result["results"][0]["base64"])
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        _cli_generates_and_reports_failures(tmp_path, state, port, env)
     finally:
         down = subprocess.run(
             [*command, "down", f"--state-dir={state}"],
@@ -107,3 +139,37 @@ def test_up_generate_down(tmp_path: Path) -> None:
         )
     assert down.returncode == 0, down.stderr
     assert _processes_mentioning(str(state)) == []
+
+
+def _cli_generates_and_reports_failures(
+    tmp_path: Path, state: Path, port: int, env: dict[str, str]
+) -> None:
+    """The installed command against `make up`: progress and a PNG; then a prompt that fails
+    in ComfyUI ends both it and generate.sh non-zero, at once, with ComfyUI's message."""
+    command = Path(sys.executable).with_name("serverless-comfyui")
+    url = f"http://127.0.0.1:{port}"
+    fox = tmp_path / "fox.png"
+    generated = subprocess.run(
+        [str(command), "generate", "a red fox", "-o", str(fox), "--url", url],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    assert "step" in generated.stderr and "running" in generated.stderr, generated.stderr
+    assert fox.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    _fail_next_prompts(state, 2)
+    # Without the fix generate.sh polled for 10 minutes; 120 s only stops a hung run.
+    script = subprocess.run(
+        ["bash", "scripts/generate.sh", "a broken fox", str(tmp_path / "no.png")],
+        capture_output=True, text=True, timeout=120, env={**env, "PROXY": url}, cwd=ROOT,
+    )  # fmt: skip
+    assert script.returncode != 0
+    assert script.stderr.count("generation failed") == 1, script.stderr
+    assert "Error while deserializing header" in script.stderr
+    failed = subprocess.run(
+        [str(command), "generate", "a broken fox", "-o", str(tmp_path / "no2.png"), "--url", url],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert failed.returncode == 1, failed.stderr
+    assert "Error while deserializing header" in failed.stderr.splitlines()[-1]
+    assert not (tmp_path / "no.png").exists() and not (tmp_path / "no2.png").exists()

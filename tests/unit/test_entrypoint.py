@@ -83,7 +83,9 @@ class Pod:
     async def status(self) -> dict[str, Any]:
         return (await self.get("/status"))[1]  # type: ignore[no-any-return]
 
-    async def wait_for(self, check: Callable[[], Any], what: str, limit: float = 10.0) -> Any:
+    # Limits only stop a broken test: each wait returns as soon as its event happens, and a
+    # loaded CI machine can take many seconds to start the entrypoint and its ComfyUI.
+    async def wait_for(self, check: Callable[[], Any], what: str, limit: float = 60.0) -> Any:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientConnectionError):
@@ -93,13 +95,13 @@ class Pod:
             await asyncio.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; logs: {self.log_file.read_text()}")
 
-    async def wait_ready(self, limit: float = 10.0) -> None:
+    async def wait_ready(self, limit: float = 60.0) -> None:
         async def ok() -> bool:
             return (await self.ready())[0] == 200
 
         await self.wait_for(ok, "readyz 200", limit)
 
-    async def wait_exit(self, limit: float = 10.0) -> int:
+    async def wait_exit(self, limit: float = 60.0) -> int:
         return await asyncio.wait_for(self.process.wait(), limit)
 
     async def submit(self, graph: dict[str, Any]) -> str:
@@ -249,16 +251,21 @@ async def test_failing_warmup_keeps_the_pod_unready_and_says_why(
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
     }
     pod: Pod = await start_pod(warmup=broken)
+    readiness: list[int] = []
 
     async def failed_twice() -> Any:
+        # Between attempts the pod says warmup_failed; during one, warming_up: wait for the
+        # second failure as both endpoints report it, and check it is never ready meanwhile.
         status = await pod.status()
-        return status if status["warmup"]["attempts"] >= 2 else None
+        code, reason = await pod.ready()
+        readiness.append(code)
+        failed = status["phase"] == "warmup_failed" and reason.startswith("warmup_failed")
+        return (status, reason) if failed and status["warmup"]["attempts"] >= 2 else None
 
-    status = await pod.wait_for(failed_twice, "a second warm-up attempt")
-    code, reason = await pod.ready()
-    assert code == 503
+    status, reason = await pod.wait_for(failed_twice, "a second failed warm-up")
+    assert set(readiness) == {503}
+    assert status["phase"] == "warmup_failed" and status["warmup"]["last_error"]
     assert reason.startswith("warmup_failed: Cannot execute because node Nope does not exist")
-    assert status["phase"] == "warmup_failed"
     # It never gives up (no exit), and ComfyUI itself is alive.
     assert pod.process.returncode is None
     assert (await pod.get("/livez"))[0] == 200
@@ -395,7 +402,7 @@ async def test_startup_timeout_exits_1(start_pod: Callable[..., Any]) -> None:
 async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any]) -> None:
     pod: Pod = await start_pod()
     await pod.wait_ready()
-    async with pod.http.post(f"{pod.comfy}/_emulator/faults", json={"step_seconds": 0.4}) as r:
+    async with pod.http.post(f"{pod.comfy}/_emulator/faults", json={"step_seconds": 1.0}) as r:
         assert r.status == 200
     prompts = [await pod.submit(image_prompt(color)) for color in range(1, 4)]
     started = time.monotonic()
@@ -406,7 +413,7 @@ async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any])
     code, body = await drain
     elapsed = time.monotonic() - started
     assert code == 200 and body["drained"] is True
-    assert elapsed >= 0.9  # three prompts of 0.4 s each were queued
+    assert elapsed >= 2.0  # three prompts of 1 s each were queued (the first one had begun)
     queue = await pod.comfy_json("/queue")
     assert queue == {"queue_running": [], "queue_pending": []}
     for prompt_id in prompts:
@@ -419,7 +426,7 @@ async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any])
 async def test_drain_gives_up_at_its_deadline(start_pod: Callable[..., Any]) -> None:
     pod: Pod = await start_pod(env={"DRAIN_TIMEOUT_SECONDS": "0.8"})
     await pod.wait_ready()
-    async with pod.http.post(f"{pod.comfy}/_emulator/faults", json={"step_seconds": 2}) as r:
+    async with pod.http.post(f"{pod.comfy}/_emulator/faults", json={"step_seconds": 30}) as r:
         assert r.status == 200
     for color in range(1, 3):
         await pod.submit(image_prompt(color))
@@ -439,7 +446,9 @@ async def test_drain_gives_up_at_its_deadline(start_pod: Callable[..., Any]) -> 
     body = json.loads(stdout)
     assert cli.returncode == 2
     assert body["drained"] is False and body["remaining"] == 2
-    assert 0.8 <= elapsed < 5
+    # Never before its deadline; and long before the 60 s of queued work could end (the bound
+    # is loose on purpose: starting the drain command on a loaded machine takes seconds).
+    assert 0.8 <= elapsed < 30
     (record,) = [r for r in pod.logs() if "drain deadline reached" in str(r.get("event"))]
     assert record["remaining"] == 2
     assert await pod.ready() == (503, "draining")

@@ -32,7 +32,11 @@ for _ in $(seq 1 600); do
 import json, sys, urllib.parse
 entry = json.load(sys.stdin).get(sys.argv[1])
 if entry and entry["status"].get("status_str") == "error":
-    print("generation failed: " + json.dumps(entry["status"]["messages"][-1]), file=sys.stderr)
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    error = errors[-1] if errors else {}
+    node = "{} (node {})".format(error.get("node_type"), error.get("node_id"))
+    message = str(error.get("exception_message", "")).strip()
+    print(f"generation failed in {node}: {message}", file=sys.stderr)
     sys.exit(3)
 for out in (entry or {}).get("outputs", {}).values():
     for img in out.get("images", []):

@@ -319,16 +319,23 @@ async def test_scale_down_drains_the_idle_pod_and_keeps_the_one_with_work(
     http: aiohttp.ClientSession,
 ) -> None:
     delay = 6.0
-    body = warm_workflow("pair", maxReplicas=2, targetRequests=1, scaleDownDelaySeconds=int(delay))
+    # A long delay while the two pods start (on a loaded machine that takes longer than 6 s,
+    # and the autoscaler would remove one before both are warm); the real one once they are.
+    body = warm_workflow("pair", maxReplicas=2, targetRequests=1, scaleDownDelaySeconds=600)
     await create(kube, namespace, body)
     proxy = await proxies()
     await scale_to(kube, namespace, "pair", 2)
     scaled_up = time.monotonic()
 
-    async def two_ready() -> bool:
-        return len(await ready_pods(kube, namespace, "pair")) == 2
+    async def two_serving() -> bool:
+        serving = metric(await metrics_of(http, proxy), "scui_proxy_serving_pods", model="pair")
+        return serving == 2  # as the proxy sees them (its pod watch may lag the apiserver)
 
-    await eventually(two_ready, 30 + PATIENCE, "two ready pods")
+    await eventually(two_serving, 30 + PATIENCE, "two serving pods")
+    await client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "pair", {"spec": {"scaleDownDelaySeconds": int(delay)}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
     older, newer = sorted(
         await ready_pods(kube, namespace, "pair"), key=lambda p: p.metadata.creation_timestamp
     )

@@ -156,14 +156,20 @@ async def test_scale_zero_two_zero_seen_by_pod_watch(
     def record(kind: str, pod: Any) -> None:
         seen.append((kind, pod.metadata.name, pod_ready(pod), pod.status.pod_ip))
 
-    await apps.patch_namespaced_deployment_scale("scale", namespace, {"spec": {"replicas": 2}})
-    pods = await wait_for_pods(
-        core,
-        namespace,
-        "app=scale",
-        lambda pods: len(pods) == 2 and all(map(pod_ready, pods.values())),
-        on_event=record,
+    # The watch starts (its list is sent) before the scale-up, so it sees every pod from its
+    # creation, however slowly a loaded machine runs this test.
+    watching = asyncio.create_task(
+        wait_for_pods(
+            core,
+            namespace,
+            "app=scale",
+            lambda pods: len(pods) == 2 and all(map(pod_ready, pods.values())),
+            on_event=record,
+        )
     )
+    await asyncio.sleep(0)
+    await apps.patch_namespaced_deployment_scale("scale", namespace, {"spec": {"replicas": 2}})
+    pods = await watching
     ips = {p.status.pod_ip for p in pods.values()}
     assert len(ips) == 2
     pod_net = ipaddress.ip_network(world.pod_cidr)

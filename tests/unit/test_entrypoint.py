@@ -210,6 +210,8 @@ async def test_ready_only_after_the_warmup_prompt_finished(
         return status == 200
 
     await pod.wait_for(ready, "readyz 200")
+    # No NVIDIA device on this machine: the entrypoint says so and starts ComfyUI with --cpu.
+    assert "ComfyUI runs on CPU" in pod.events()
     not_ready = [reason for status, reason in seen if status != 200]
     assert all(status == 503 for status, _ in seen[:-1])
     assert "warming_up" in not_ready

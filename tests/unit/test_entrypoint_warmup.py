@@ -39,8 +39,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "WARMUP_TIMEOUT_SECONDS",
         "STARTUP_TIMEOUT_SECONDS",
         "DRAIN_TIMEOUT_SECONDS",
+        "NVIDIA_DEVICES",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COMFYUI_DEVICE", "gpu")  # as on a GPU node, whatever this machine has
 
 
 def test_settings_defaults_run_comfyui_for_the_image(clean_env: None) -> None:
@@ -90,6 +92,21 @@ def test_settings_from_the_operator_environment(
     monkeypatch.setenv("COMFYUI_COMMAND", "  ")
     with pytest.raises(ValueError, match="empty"):
         EntrypointSettings().command()
+
+
+def test_comfyui_runs_on_cpu_where_no_nvidia_device_is_present(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COMFYUI_DEVICE", "auto")
+    monkeypatch.setenv("NVIDIA_DEVICES", str(tmp_path / "nvidia[0-9]*"))
+    settings = EntrypointSettings()
+    assert settings.runs_on_cpu() and settings.command()[-1] == "--cpu"
+    (tmp_path / "nvidia0").touch()  # what the NVIDIA container toolkit adds to a GPU pod
+    settings = EntrypointSettings()
+    assert not settings.runs_on_cpu() and "--cpu" not in settings.command()
+    monkeypatch.setenv("COMFYUI_DEVICE", "cpu")  # forced, GPU or not; and never twice
+    monkeypatch.setenv("COMFYUI_COMMAND", "comfy --cpu")
+    assert EntrypointSettings().command() == ["comfy", "--cpu"]
 
 
 def test_exit_codes_follow_the_shell_convention() -> None:

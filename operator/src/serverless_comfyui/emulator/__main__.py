@@ -38,7 +38,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--crash-after-steps", dest="crash_after_steps", type=int)
     parser.add_argument("--max-image-side", dest="max_image_side", type=int)
     parser.add_argument("--log-level", dest="log_level")
+    # ComfyUI's own flag (the entrypoint adds it where there is no NVIDIA device): no effect.
+    parser.add_argument("--cpu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    del args.cpu
     return {key: value for key, value in vars(args).items() if value is not None}
 
 

@@ -136,6 +136,13 @@ class Entrypoint:
                     self.phase = Phase.EXITED
                     return 127
                 self.log.info("comfyui child started", pid=pid, command=self.child.argv)
+                if self.settings.runs_on_cpu():
+                    self.log.info(
+                        "ComfyUI runs on CPU",
+                        reason=f"COMFYUI_DEVICE={self.settings.comfyui_device}, "
+                        f"NVIDIA devices ({self.settings.nvidia_devices}): "
+                        f"{'none' if self.settings.comfyui_device == 'auto' else 'not checked'}",
+                    )
                 tasks = [
                     asyncio.create_task(self._watch_child()),
                     asyncio.create_task(self._monitor()),

@@ -6,9 +6,11 @@ sets nothing else, so every other value here is a default that suits a Flux pod 
 
 from __future__ import annotations
 
+import glob
 import shlex
 from pathlib import Path
 from string import Template
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +66,14 @@ class EntrypointSettings(BaseSettings):
     exit_linger_seconds: float = Field(
         default=1.0, ge=0, description="health server stays up this long after the child died"
     )
+    comfyui_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="auto: ComfyUI runs on CPU (`--cpu`) when no NVIDIA device is present",
+    )
+    nvidia_devices: str = Field(
+        default="/dev/nvidia[0-9]*",
+        description="glob of the device files the NVIDIA container toolkit adds to a GPU pod",
+    )
     log_level: str = "info"
 
     @field_validator("warmup_workflow", mode="before")
@@ -81,7 +91,15 @@ class EntrypointSettings(BaseSettings):
         argv = shlex.split(text)
         if not argv:
             raise ValueError("COMFYUI_COMMAND is empty")
+        if self.runs_on_cpu() and "--cpu" not in argv:
+            argv.append("--cpu")
         return argv
+
+    def runs_on_cpu(self) -> bool:
+        """ComfyUI without `--cpu` on a machine with no GPU exits at start (no CUDA device)."""
+        if self.comfyui_device != "auto":
+            return self.comfyui_device == "cpu"
+        return not glob.glob(self.nvidia_devices)
 
     def base_url(self) -> str:
         return (self.comfyui_url or f"http://127.0.0.1:{self.comfyui_port}").rstrip("/")

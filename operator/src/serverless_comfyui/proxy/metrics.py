@@ -31,6 +31,12 @@ OUTSTANDING = Gauge(
 OPEN_SESSIONS = Gauge(
     "scui_proxy_open_sessions", "Open WebSocket and UI sessions", ["model"], registry=REGISTRY
 )
+SERVING_PODS = Gauge(
+    "scui_proxy_serving_pods",
+    "Pods this proxy replica sends new work to (Ready, not draining)",
+    ["model"],
+    registry=REGISTRY,
+)
 SCALE_EVENTS = Counter(
     "scui_proxy_scale_events",
     "Replica changes written to a FluxWorkflow's scale subresource",

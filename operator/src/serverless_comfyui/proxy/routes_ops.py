@@ -34,7 +34,8 @@ def refresh_gauges(registry: Registry) -> None:
     """Set the per-application gauges from the registry (read at scrape time, always current)."""
     known = set(registry.apps)
     for gone in _exported - known:  # applications that went away
-        for gauge in (metrics.HELD, metrics.OUTSTANDING, metrics.OPEN_SESSIONS):
+        gauges = (metrics.HELD, metrics.OUTSTANDING, metrics.OPEN_SESSIONS, metrics.SERVING_PODS)
+        for gauge in gauges:
             with contextlib.suppress(KeyError):
                 gauge.remove(gone)
     _exported.clear()
@@ -43,6 +44,7 @@ def refresh_gauges(registry: Registry) -> None:
         metrics.HELD.labels(app.name).set(app.held)
         metrics.OUTSTANDING.labels(app.name).set(app.outstanding)
         metrics.OPEN_SESSIONS.labels(app.name).set(app.open_sessions)
+        metrics.SERVING_PODS.labels(app.name).set(len(app.serving_pods()))
 
 
 async def metrics_endpoint(request: web.Request) -> web.StreamResponse:

@@ -18,7 +18,7 @@ TOOL_MODULES := $(wildcard tools/*/go.mod tools/*/go.sum)
 TOOLS_STAMP := .tools/bin/.built-$(shell cat $(TOOL_MODULES) scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock tools redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
+.PHONY: help venv lock comfyui-env tools redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -39,9 +39,14 @@ $(STAMP): operator/pyproject.toml $(LOCK) $(UV)
 
 venv: $(STAMP) ## create .venv from the hashed lock (operator/uv.lock)
 
-lock: $(UV) ## re-resolve operator/uv.lock after editing operator/pyproject.toml (and the images' export)
+lock: $(UV) ## re-resolve the Python locks after editing operator/pyproject.toml or images/comfyui/requirements.in
 	$(UV) lock --project operator
 	$(UV) export --project operator --frozen --no-emit-project --quiet -o $(IMAGE_LOCK)
+	cd images/comfyui && ../../$(UV) pip compile --quiet --universal --generate-hashes \
+	  --python-version 3.11 requirements.in ../../operator/pyproject.toml -o requirements.lock
+
+comfyui-env: venv ## the real ComfyUI (source + locked torch environment) for the test world, in .tools/comfyui
+	bash scripts/build-comfyui-env.sh
 
 $(TOOLS_STAMP): $(TOOL_MODULES) scripts/build-tools.sh
 	bash scripts/build-tools.sh
@@ -62,13 +67,13 @@ fmt: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix operator/src tests
 	$(VENV)/bin/ruff format operator/src tests
 
-test: tools venv redis lint ## lint, then all tests (unit + integration on a real control plane)
+test: tools venv redis comfyui-env lint ## lint, then all tests (unit + integration on a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv redis ## unit tests only (no control plane)
 	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
 
-test-integration: tools venv redis ## integration tests on the real control plane
+test-integration: tools venv redis comfyui-env ## integration tests on the real control plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 up: tools venv ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods)

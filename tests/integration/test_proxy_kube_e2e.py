@@ -332,10 +332,6 @@ async def test_scale_down_drains_the_idle_pod_and_keeps_the_one_with_work(
         return serving == 2  # as the proxy sees them (its pod watch may lag the apiserver)
 
     await eventually(two_serving, 30 + PATIENCE, "two serving pods")
-    await client.CustomObjectsApi(kube).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "pair", {"spec": {"scaleDownDelaySeconds": int(delay)}},
-        _content_type="application/merge-patch+json",
-    )  # fmt: skip
     older, newer = sorted(
         await ready_pods(kube, namespace, "pair"), key=lambda p: p.metadata.creation_timestamp
     )
@@ -346,6 +342,11 @@ async def test_scale_down_drains_the_idle_pod_and_keeps_the_one_with_work(
     prompt_id = ids.mint("pair", newer.metadata.name)
     status, data, _ = await post_prompt(http, proxy, "pair", prompt_id=prompt_id)
     assert status == 200 and data["prompt_id"] == prompt_id, data
+    # Now the real delay; the prompt keeps one pod in use, so the idle one is the victim.
+    await client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "pair", {"spec": {"scaleDownDelaySeconds": int(delay)}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
 
     # One prompt for targetRequests 1: one pod is enough, after the delay and the drain.
     async def one_replica() -> bool:
@@ -519,9 +520,9 @@ async def test_one_leader_writes_scale_decisions_and_another_takes_over_when_it_
         )
         await ws.close()
     await eventually(
-        lambda: replicas_is(kube, namespace, "led", 0), delay + SETTLE + SLACK + 1, "zero"
+        lambda: replicas_is(kube, namespace, "led", 0), delay + SETTLE + SLACK + PATIENCE, "zero"
     )
-    await eventually(lambda: len(scaled(leader, "down")) == 1, 5, "the leader's scale log")
+    await eventually(lambda: len(scaled(leader, "down")) == 1, PATIENCE, "the leader's log")
     assert not scaled(follower, "down") and not scaled(follower, "up")
 
     # Wake it again, then kill the leader: the follower takes over and scales it down.
@@ -531,13 +532,16 @@ async def test_one_leader_writes_scale_decisions_and_another_takes_over_when_it_
     assert await fw_replicas(kube, namespace, "led") == 1
     leader.kill()
     killed = time.monotonic()
-    takeover = await eventually(lambda: _holder_is(kube, namespace, "proxy-b"), 20, "takeover")
+    # The lease lasts 10 s and is retried every 2 s: a quiet machine takes over in ~12 s (make
+    # bench); the limit allows for a loaded one.
+    takeover = await eventually(
+        lambda: _holder_is(kube, namespace, "proxy-b"), 10.0 + 2.0 + PATIENCE, "takeover"
+    )
     print(f"takeover {takeover:.1f}s after the leader was killed")
-    assert takeover <= 10.0 + 2.0 + SLACK  # lease duration + retry period
-    await eventually(lambda: replicas_is(kube, namespace, "led", 0), 15, "zero by the new leader")
+    await eventually(lambda: replicas_is(kube, namespace, "led", 0), PATIENCE, "zero by the new")
     print(f"zero {time.monotonic() - killed:.1f}s after the leader was killed")
     # The log line follows the scale write: wait for it rather than race it.
-    await eventually(lambda: len(scaled(follower, "down")) == 1, 5, "the follower's scale log")
+    await eventually(lambda: len(scaled(follower, "down")) == 1, PATIENCE, "the follower's log")
 
 
 async def _holder_is(kube: client.ApiClient, namespace: str, identity: str) -> bool:
@@ -567,19 +571,22 @@ async def test_a_replaced_proxy_neither_forgets_recent_activity_nor_restarts_the
     async with http.get(f"{old.url}/openai/api/object_info/EmptyImage", params=params) as r:
         assert r.status == 200
     last_request = time.monotonic()
-    await asyncio.sleep(2)
+    await asyncio.sleep(6)
     old.proc.stop(grace=10)  # SIGTERM: it publishes its activity and releases the lease
+    replaced = time.monotonic()
     new = await proxies("proxy-new")
-    await eventually(lambda: _holder_is(kube, namespace, "proxy-new"), 5, "proxy-new leads")
+    await eventually(lambda: _holder_is(kube, namespace, "proxy-new"), PATIENCE, "new leads")
     remaining = delay - 0.5 - (time.monotonic() - last_request)
     await stays(
         lambda: replicas_at_least(kube, namespace, "mem", 1), remaining, "forgot the activity"
     )
     await eventually(
-        lambda: replicas_is(kube, namespace, "mem", 0), SETTLE + SLACK + 1, "scale to zero"
+        lambda: replicas_is(kube, namespace, "mem", 0), SETTLE + SLACK + PATIENCE, "zero"
     )
-    idle_for = time.monotonic() - last_request
-    print(f"zero {idle_for:.1f}s after the last request (delay {delay}s), across a restart")
-    assert idle_for <= delay + SETTLE + SLACK + 0.5
-    await eventually(lambda: len(scaled(new, "down")) == 1, 5, "the new proxy's scale log")
+    zero = time.monotonic()
+    print(f"zero {zero - last_request:.1f}s after the last request (delay {delay}s), restarted")
+    # Not a delay counted from the restart: that would end no sooner than replaced + delay,
+    # and the right one ends SETTLE plus a tick after last_request + delay, 4 s and more before.
+    assert zero < replaced + delay
+    await eventually(lambda: len(scaled(new, "down")) == 1, PATIENCE, "the new proxy's log")
     assert not scaled(old, "down")

@@ -156,8 +156,9 @@ async def test_scale_zero_two_zero_seen_by_pod_watch(
     def record(kind: str, pod: Any) -> None:
         seen.append((kind, pod.metadata.name, pod_ready(pod), pod.status.pod_ip))
 
-    # The watch starts (its list is sent) before the scale-up, so it sees every pod from its
-    # creation, however slowly a loaded machine runs this test.
+    # The watch has listed before the scale-up, so it sees every pod from its creation,
+    # however slowly a loaded machine runs this test.
+    listed = asyncio.Event()
     watching = asyncio.create_task(
         wait_for_pods(
             core,
@@ -165,9 +166,10 @@ async def test_scale_zero_two_zero_seen_by_pod_watch(
             "app=scale",
             lambda pods: len(pods) == 2 and all(map(pod_ready, pods.values())),
             on_event=record,
+            on_listed=listed.set,
         )
     )
-    await asyncio.sleep(0)
+    await asyncio.wait_for(listed.wait(), 60)
     await apps.patch_namespaced_deployment_scale("scale", namespace, {"spec": {"replicas": 2}})
     pods = await watching
     ips = {p.status.pod_ip for p in pods.values()}
@@ -176,7 +178,7 @@ async def test_scale_zero_two_zero_seen_by_pod_watch(
     for ip in ips:
         assert ipaddress.ip_address(ip).is_loopback and ipaddress.ip_address(ip) in pod_net
         assert ip != "127.0.0.1"
-    # The watch saw each pod first unready (emulator starting) and then Ready.
+    # The watch saw each pod first unready (created, not yet started) and then Ready.
     for name in pods:
         states = [ready for kind, pod_name, ready, _ in seen if pod_name == name]
         assert states[0] is False and states[-1] is True, states

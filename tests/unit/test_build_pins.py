@@ -183,3 +183,22 @@ def test_make_venv_refuses_a_lock_older_than_pyproject(tmp_path: Path) -> None:
         made.stderr
     )
     assert not (tmp_path / ".venv").exists()
+
+
+def test_the_comfyui_lock_matches_its_inputs(tmp_path: Path) -> None:
+    """images/comfyui/requirements.lock (the ComfyUI image's and the real-ComfyUI test world's
+    environment) is what `make lock` resolves from requirements.in and our pyproject.toml."""
+    folder = ROOT / "images" / "comfyui"
+    compiled = uv(
+        "pip", "compile", "--quiet", "--universal", "--generate-hashes", "--python-version",
+        "3.11", "requirements.in", "../../operator/pyproject.toml", "-o", str(tmp_path / "lock"),
+        cwd=folder,
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+    assert body((tmp_path / "lock").read_text()) == body((folder / "requirements.lock").read_text())
+    lock = (folder / "requirements.lock").read_text()
+    assert "torch==2.14.1 " in lock and "--hash=sha256:" in lock

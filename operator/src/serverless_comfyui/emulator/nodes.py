@@ -8,12 +8,27 @@ colour derived from the seed and the prompt text; images are small PIL images (n
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFilter, ImageOps
 
 from serverless_comfyui.emulator.files import DataDirs, save_images
+
+
+def _float32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def _comfyui_invert(value: int) -> int:
+    """ComfyUI's ImageInvert works on float32 in 0..1 and SaveImage truncates to uint8:
+    255 * (1 - 200/255) is 54.99999, saved as 54 (PIL's invert gives 55)."""
+    inverted = _float32(255.0 * _float32(1.0 - _float32(value / 255.0)))
+    return max(0, min(255, int(inverted)))
+
+
+INVERT_TABLE = [_comfyui_invert(v) for v in range(256)] * 3
 
 LOADERS = frozenset(
     {"UNETLoader", "DualCLIPLoader", "VAELoader", "LoraLoaderModelOnly", "CheckpointLoaderSimple"}
@@ -137,7 +152,7 @@ class NodeRunner:
 
     def _node_ImageInvert(self, inputs: dict[str, Any], hidden: dict[str, Any]) -> NodeResult:
         return NodeResult(
-            ([ImageOps.invert(i.convert("RGB")) for i in self.as_images(inputs["image"])],)
+            ([i.convert("RGB").point(INVERT_TABLE) for i in self.as_images(inputs["image"])],)
         )
 
     def _node_ImageBlur(self, inputs: dict[str, Any], hidden: dict[str, Any]) -> NodeResult:

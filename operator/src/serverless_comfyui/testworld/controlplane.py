@@ -19,6 +19,7 @@ from pathlib import Path
 
 from serverless_comfyui.testworld.nodes import FAKE_NODE_ANNOTATION, fake_nodes
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
+from serverless_comfyui.testworld.realcomfy import MissingComfyUIError, find_comfyui_home
 
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 # Service ClusterIPs come from this range; nothing in the test world ever connects to one.
@@ -53,6 +54,10 @@ class TestWorld:
     node_ip: str = "127.62.0.1"
     tools_bin: Path = field(default_factory=find_tools_bin)
     pod_runner: bool = True
+    comfyui: str = "emulator"
+    """What ComfyUI pods run unless annotated otherwise: the emulator, or `real` (realcomfy.py)."""
+    comfyui_home: Path | None = None
+    """The real ComfyUI (`make comfyui-env`); found in .tools/comfyui when not given."""
     processes: list[ManagedProcess] = field(default_factory=list)
     server: str = field(default="", init=False)
 
@@ -68,6 +73,19 @@ class TestWorld:
 
     def tool(self, name: str) -> str:
         return str(self.tools_bin / name)
+
+    def _comfyui_home_args(self) -> list[str]:
+        """The real ComfyUI for the pod runner: required when it is the default, else optional
+        (pods may still ask for it by annotation)."""
+        home = self.comfyui_home
+        if home is None:
+            try:
+                home = find_comfyui_home()
+            except MissingComfyUIError:
+                if self.comfyui == "real":
+                    raise
+                return []
+        return [f"--comfyui-home={home}"]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,6 +237,8 @@ class TestWorld:
                     "serverless_comfyui.testworld.podrunner",
                     f"--kubeconfig={kubeconfig}",
                     f"--state-dir={self.state_dir / 'pods'}",
+                    f"--comfyui={self.comfyui}",
+                    *self._comfyui_home_args(),
                 ],
             )
         nodes = self.state_dir / "nodes.json"

@@ -1,9 +1,10 @@
 """What process the pod runner starts in place of a pod's container.
 
 - A ComfyUI pod made by the operator (it has a port named `health`) runs our real image
-  entrypoint (`serverless_comfyui.entrypoint`), whose ComfyUI child is the emulator: readiness,
-  warm-up and drain are then the production code.
-- Any other ComfyUI pod runs the bare emulator on the pod IP and its first container port.
+  entrypoint (`serverless_comfyui.entrypoint`), whose ComfyUI child is the emulator, or the real
+  ComfyUI where the world or the pod asks for it (realcomfy.py): readiness, warm-up and drain
+  are then the production code.
+- Any other ComfyUI pod runs the bare emulator (or ComfyUI) on the pod IP and its first port.
 - A model-download pod runs its container command (`python -m serverless_comfyui.downloader`)
   with paths mapped to host folders, to completion; its termination message is read back.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from serverless_comfyui.testworld.mounts import resolve_env, resolve_mounts, translate
+from serverless_comfyui.testworld.realcomfy import comfyui_kind, real_comfyui_args
 
 COMFYUI_COMPONENT = "comfyui"
 DOWNLOADER_COMPONENT = "model-downloader"
@@ -96,7 +98,29 @@ def _link_comfyui_folders(data_dir: Path, mounts: dict[str, Path]) -> None:
             link.symlink_to(target, target_is_directory=True)
 
 
-async def plan_launch(api: client.CoreV1Api, pod: Any, ip: str, scratch: Path) -> Launch:
+@dataclass(frozen=True)
+class ComfyUIChoice:
+    """Which ComfyUI the world's pods run unless annotated otherwise, and where the real one is."""
+
+    default: str = "emulator"
+    real_home: Path | None = None
+
+
+def _comfyui_args(
+    pod: Any, ip: str, port: int, data_dir: Path, mounts: dict[str, Path], choice: ComfyUIChoice
+) -> list[str]:
+    if comfyui_kind(pod.metadata.annotations, choice.default) == "real":
+        if choice.real_home is None:
+            raise ValueError("this pod asks for the real ComfyUI, which the world was not given")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return real_comfyui_args(choice.real_home, ip, port, data_dir, mounts)
+    _link_comfyui_folders(data_dir, mounts)
+    return _emulator_args(ip, port, data_dir, mounts.get(f"{COMFYUI_HOME}/models"))
+
+
+async def plan_launch(
+    api: client.CoreV1Api, pod: Any, ip: str, scratch: Path, comfyui: ComfyUIChoice | None = None
+) -> Launch:
     container = pod.spec.containers[0]
     namespace = pod.metadata.namespace
     mounts = await resolve_mounts(api, pod, container, scratch)
@@ -120,14 +144,14 @@ async def plan_launch(api: client.CoreV1Api, pod: Any, ip: str, scratch: Path) -
 
     health = named_port(container, "health")
     http = named_port(container, "http") or container_port(container)
-    _link_comfyui_folders(data_dir, mounts)
-    models = mounts.get(f"{COMFYUI_HOME}/models")
-    emulator = _emulator_args(ip, http, data_dir, models)
+    child = _comfyui_args(pod, ip, http, data_dir, mounts, comfyui or ComfyUIChoice())
+    if child[0] != sys.executable:  # the real ComfyUI: nothing it might fetch leaves the machine
+        env.update({**LOOPBACK_ONLY_ENV, "NO_PROXY": "127.0.0.0/8,localhost"})
     if health is None:
-        return Launch(emulator, env, mounts=mounts)
+        return Launch(child, env, mounts=mounts)
     env.update(
         {
-            "COMFYUI_COMMAND": shlex.join(emulator),
+            "COMFYUI_COMMAND": shlex.join(child),
             "COMFYUI_PORT": str(http),
             "COMFYUI_URL": f"http://{ip}:{http}",
             "HEALTH_HOST": ip,

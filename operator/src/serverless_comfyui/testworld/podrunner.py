@@ -12,6 +12,9 @@ Model-download Job pods are run for real: their container command runs on the ho
 volumes mapped to host folders (see launch.py and mounts.py), and its exit code and termination
 message become the pod's terminated state, which the Job controller then acts on.
 
+With `--comfyui real` (or a pod annotated `testworld.serverless-comfyui.io/comfyui: real`) the
+ComfyUI child is the real ComfyUI instead of the emulator (realcomfy.py).
+
 Not emulated: images, exec probes and hooks, resource limits, network isolation.
 """
 
@@ -34,6 +37,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from serverless_comfyui.testworld.launch import (
     COMPONENTS,
+    ComfyUIChoice,
     Launch,
     container_port,
     named_port,
@@ -90,8 +94,15 @@ class RunningPod:
 
 
 class PodRunner:
-    def __init__(self, api: client.CoreV1Api, state_dir: Path, selector: str) -> None:
+    def __init__(
+        self,
+        api: client.CoreV1Api,
+        state_dir: Path,
+        selector: str,
+        comfyui: ComfyUIChoice | None = None,
+    ) -> None:
         self.api = api
+        self.comfyui = comfyui or ComfyUIChoice()
         self.state_dir = state_dir
         self.selector = selector
         self.pods: dict[str, RunningPod] = {}
@@ -158,7 +169,9 @@ class PodRunner:
             )
             self.pods[uid] = running
             try:
-                running.launch = await plan_launch(self.api, pod, running.ip, running.data_dir)
+                running.launch = await plan_launch(
+                    self.api, pod, running.ip, running.data_dir, self.comfyui
+                )
             except Exception as exc:  # a missing Secret or ConfigMap: the kubelet would wait
                 log.warning("cannot start %s yet: %s", running.key, exc)
                 self.pods.pop(uid)
@@ -409,7 +422,10 @@ class PodRunner:
 async def _main(args: argparse.Namespace) -> None:
     await config.load_kube_config(config_file=args.kubeconfig)
     async with client.ApiClient() as api_client:
-        runner = PodRunner(client.CoreV1Api(api_client), Path(args.state_dir), args.selector)
+        choice = ComfyUIChoice(args.comfyui, Path(args.comfyui_home) if args.comfyui_home else None)
+        runner = PodRunner(
+            client.CoreV1Api(api_client), Path(args.state_dir), args.selector, choice
+        )
         task = asyncio.create_task(runner.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -423,6 +439,11 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--selector", default=EMULATED_SELECTOR)
+    parser.add_argument(
+        "--comfyui", choices=("emulator", "real"), default="emulator",
+        help="what ComfyUI pods run unless their annotation says otherwise",
+    )  # fmt: skip
+    parser.add_argument("--comfyui-home", help="the real ComfyUI (`make comfyui-env`)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(_main(parser.parse_args()))
 

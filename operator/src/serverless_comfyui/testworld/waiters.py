@@ -23,11 +23,15 @@ async def wait_for_pods(
     done: Callable[[dict[str, Any]], bool],
     wait_seconds: float = 60.0,
     on_event: Callable[[str, Any], None] | None = None,
+    on_listed: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Watches the pods matching selector until done(pods by name) is true; returns those pods.
-    on_event sees every (event type, pod) the watch delivers."""
+    on_event sees every (event type, pod) the watch delivers; on_listed is called once the
+    initial list is in (every later change then reaches on_event)."""
     listing = await core.list_namespaced_pod(namespace, label_selector=selector)
     pods = {p.metadata.name: p for p in listing.items}
+    if on_listed is not None:
+        on_listed()
     if done(pods):
         return pods
     resource_version = listing.metadata.resource_version

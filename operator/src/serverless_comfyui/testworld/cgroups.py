@@ -15,14 +15,12 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 
 
 def hierarchies() -> list[Path]:
-    """The mounted v1 hierarchies (cpu, memory, pids, name=systemd, ...), not the v2 one."""
+    """The mounted hierarchies: the v1 ones (cpu, memory, pids, name=systemd, ...) and, in hybrid
+    mode, the v2 one without controllers at /sys/fs/cgroup/unified (runc creates the containers'
+    cgroups there too)."""
     if not CGROUP_FS.is_dir():
         return []
-    found = []
-    for entry in sorted(CGROUP_FS.iterdir()):
-        if entry.name != "unified" and (entry / "cgroup.procs").exists():
-            found.append(entry)
-    return found
+    return [entry for entry in sorted(CGROUP_FS.iterdir()) if (entry / "cgroup.procs").exists()]
 
 
 def create(name: str) -> None:

@@ -27,6 +27,12 @@ class NodeNetwork:
     def netns_path(self) -> str:
         return f"/run/netns/{self.netns}"
 
+    def contains(self, address: str | None) -> bool:
+        """address is a pod IP from this node's range."""
+        return address is not None and ipaddress.ip_address(address) in ipaddress.ip_network(
+            self.pod_cidr
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -89,7 +95,3 @@ def delete_network(net: NodeNetwork) -> None:
 def netns_pids(net: NodeNetwork) -> list[int]:
     out = ip("netns", "pids", net.netns, check=False).stdout
     return [int(word) for word in out.split() if word.isdigit()]
-
-
-def in_pod_range(address: str, net: NodeNetwork) -> bool:
-    return ipaddress.ip_address(address) in ipaddress.ip_network(net.pod_cidr)

@@ -25,16 +25,27 @@ KUBELET_SYSCTLS = (
 # Fixed paths the node's programs use outside their configurable folders (shim sockets under
 # /run/containerd/s, pod netns files under /run/netns, the CNI cache, the device plugin socket,
 # /var/log/containers links): private tmpfs mounts in the node's mount namespace.
-MASKED_DIRS = ("/run", "/var/log", "/var/lib/cni", "/var/lib/kubelet")
+MASKED_DIRS = ("/run", "/var/log", "/var/lib/cni")
+# The kubelet's root dir as it sees it: the node folder's kubelet/ bind-mounted there (sockets
+# under it need a short path; the device plugin socket's path is fixed).
+KUBELET_ROOT = "/var/lib/kubelet"
+
+
+def run_dir(short: str) -> Path:
+    """The folder of a node's sockets: unix socket paths have at most 104 characters here, too
+    few for a folder under pytest's tmp_path (the shims' sockets live in the node's private
+    /run)."""
+    return Path("/tmp") / short
 
 
 @dataclass(frozen=True)
 class NodeFiles:
     root: Path
+    short: str  # scui-<id>: the netns, the cgroup and the socket folder are named after it
 
     @property
     def socket(self) -> Path:
-        return self.root / "containerd.sock"
+        return run_dir(self.short) / "containerd.sock"
 
     @property
     def kubelet_dir(self) -> Path:
@@ -54,6 +65,7 @@ def write_enter_script(files: NodeFiles, cgroup: str) -> Path:
         copy = sysctl_dir / name.replace("/", ".")
         binds.append(f"cat /proc/sys/{name} > {copy}\nmount --bind {copy} /proc/sys/{name}")
     masks = [f"mkdir -p {d} && mount -t tmpfs -o mode=755 scui-node {d}" for d in MASKED_DIRS]
+    masks.append(f"mkdir -p {KUBELET_ROOT} && mount --bind {files.kubelet_dir} {KUBELET_ROOT}")
     script = "\n".join(
         [
             "#!/bin/sh",
@@ -179,3 +191,8 @@ def kubeconfig(server: str, ca: Path, token: str) -> str:
         },
         indent=2,
     )
+
+
+def host_sysctls() -> dict[str, str]:
+    """The host's values of the sysctls the kubelet would write (they must never change)."""
+    return {name: Path("/proc/sys", name).read_text().strip() for name in KUBELET_SYSCTLS}

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from serverless_comfyui.testworld import cgroups
 from serverless_comfyui.testworld.netns import NodeNetwork, delete_network, netns_pids
+from serverless_comfyui.testworld.nodeconfig import run_dir
 
 log = logging.getLogger("nodeteardown")
 
@@ -55,7 +57,8 @@ def mounts_under(folder: Path) -> list[str]:
 
 
 def _our_pids(node_dir: Path, cgroup: str, net: NodeNetwork) -> set[int]:
-    return (cgroups.pids(cgroup) | set(netns_pids(net)) | pids_naming(str(node_dir))) - _ancestors()
+    named = pids_naming(str(node_dir)) | pids_naming(str(run_dir(cgroup)))
+    return (cgroups.pids(cgroup) | set(netns_pids(net)) | named) - _ancestors()
 
 
 def kill_ours(node_dir: Path, cgroup: str, net: NodeNetwork, timeout: float = 30.0) -> set[int]:
@@ -90,7 +93,45 @@ def teardown(node_dir: Path) -> list[str]:
         if result.returncode != 0:
             problems.append(f"mount {point}")
     delete_network(net)
+    shutil.rmtree(run_dir(meta["cgroup"]), ignore_errors=True)
     problems += [f"cgroup {path}" for path in cgroups.remove(meta["cgroup"])]
     if problems:
         log.warning("teardown of %s left: %s", node_dir, ", ".join(problems))
     return problems
+
+
+def leftovers(node_dir: Path) -> list[str]:
+    """What of node_dir's node is still there (empty after a complete teardown): processes
+    naming the folder or in our cgroups, mounts under it, our netns and veth, our cgroups."""
+    meta = json.loads((node_dir / "node.json").read_text())
+    net = NodeNetwork(**meta["network"])
+    found = [
+        f"process {pid}: {_cmdline(pid)}"
+        for pid in sorted(_our_pids(node_dir, meta["cgroup"], net))
+        if not _zombie(pid)
+    ]
+    found += [f"mount {point}" for point in mounts_under(node_dir)]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    found += [
+        f"netns {net.netns}"
+        for line in netns.stdout.splitlines()
+        if line.split()[:1] == [net.netns]
+    ]
+    link = subprocess.run(["ip", "link", "show", net.host_if], capture_output=True, check=False)
+    if link.returncode == 0:
+        found.append(f"link {net.host_if}")
+    if run_dir(meta["cgroup"]).exists():
+        found.append(f"folder {run_dir(meta['cgroup'])}")
+    found += [
+        f"cgroup {h / meta['cgroup']}"
+        for h in cgroups.hierarchies()
+        if (h / meta["cgroup"]).exists()
+    ]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"

@@ -24,6 +24,7 @@ from serverless_comfyui.testworld import cgroups
 from serverless_comfyui.testworld.images import LocalImage, build_local_images, import_image
 from serverless_comfyui.testworld.netns import NodeNetwork, create_network, plan_network
 from serverless_comfyui.testworld.nodeconfig import (
+    KUBELET_ROOT,
     NodeFiles,
     cni_config,
     containerd_config,
@@ -71,7 +72,7 @@ class RealNode:
 
     @property
     def files(self) -> NodeFiles:
-        return NodeFiles(self.state_dir / f"node-{self.name}")
+        return NodeFiles(self.state_dir / f"node-{self.name}", self.cgroup)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class RealNode:
         self._start_janitor()
         create_network(self.network)
         cgroups.create(self.cgroup)
+        self.files.socket.parent.mkdir(mode=0o700)
         self._write_files()
         self._start_processes()
         self.timings["processes"] = time.monotonic() - started
@@ -212,7 +214,7 @@ class RealNode:
                 str(self.plane.tools_bin / "kubelet"),
                 f"--config={files.path('kubelet.yaml')}",
                 f"--kubeconfig={files.path('kubelet.kubeconfig')}",
-                f"--root-dir={files.kubelet_dir}",
+                f"--root-dir={KUBELET_ROOT}",  # enter.sh: the node folder's kubelet/
                 f"--hostname-override={self.name}",
                 f"--node-ip={net.node_ip}",
                 "--node-labels=" + ",".join(f"{k}={v}" for k, v in self._labels().items()),
@@ -270,6 +272,7 @@ class RealNode:
             "nodeIP": net.node_ip if net else None,
             "podCIDR": net.pod_cidr if net else None,
             "cgroup": self.cgroup,
+            "janitorPid": self._janitor.pid if self._janitor else None,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 

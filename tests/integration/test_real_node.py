@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import ClientTimeout
 from kubernetes_asyncio import client, config, watch
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
@@ -240,3 +242,38 @@ def test_node_files_stay_in_the_state_dir(real_world: TestWorld, node: RealNode)
     assert root.is_relative_to(real_world.state_dir)
     assert (root / "kubelet" / "pods").is_dir()
     assert Path(node.files.socket).is_socket()
+
+
+async def test_host_reaches_a_pod_serving_a_secret_volume(
+    core: client.CoreV1Api, node: RealNode, ns: str
+) -> None:
+    """Volumes the kubelet mounts (a Secret is a tmpfs, the ServiceAccount token a projected
+    one) reach the container: containerd shares the kubelet's private mount namespace. The
+    kubelet's readiness probe reaches the pod, and so does the host, through our veth."""
+    await core.create_namespaced_secret(
+        ns, {"metadata": {"name": "page"}, "stringData": {"index.html": "served-from-a-secret\n"}}
+    )
+    pod = busybox_pod(
+        node,
+        "web",
+        "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo;"
+        " exec httpd -f -p 8080 -h /www",
+        nodeSelector={"kubernetes.io/hostname": NODE},
+        automountServiceAccountToken=True,
+        volumes=[{"name": "page", "secret": {"secretName": "page"}}],
+    )
+    container = pod["spec"]["containers"][0]
+    container["volumeMounts"] = [{"name": "page", "mountPath": "/www", "readOnly": True}]
+    container["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    await core.create_namespaced_pod(ns, pod)
+    pods = await wait_for_pods(
+        core, ns, "test=web", lambda p: any(map(pod_ready, p.values())), POD_WAIT
+    )
+    pod_ip = pods["web"].status.pod_ip
+    assert node.network is not None and node.network.contains(pod_ip)
+    url = f"http://{pod_ip}:8080/"  # our own namespace's address, via our veth
+    async with aiohttp.ClientSession() as http, http.get(url, timeout=ClientTimeout(30)) as r:
+        assert r.status == 200
+        assert await r.text() == "served-from-a-secret\n"
+    logs = await core.read_namespaced_pod_log("web", ns)
+    assert logs.splitlines()[0] == ns

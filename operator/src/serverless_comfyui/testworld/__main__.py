@@ -117,6 +117,11 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: i
     info = json.loads((state / "ready").read_text())
     server = info["server"]
     real = info.get("realNodes")
+    containers = (
+        "No GPU runs; containers run on the real nodes only."
+        if real
+        else "No GPU and no container runs."
+    )
     if "proxy" in info:
         print(PRODUCT_BANNER.format(state=state, **info))
     print(
@@ -128,7 +133,7 @@ The test world is up (a real Kubernetes {server} control plane on loopback).
 
 SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu each,
 cpu-0) and every pod labelled app.kubernetes.io/component=comfyui is served by a ComfyUI emulator
-on its loopback pod IP ({pod_cidr}). No GPU and no container runs.
+on its loopback pod IP ({pod_cidr}). {containers}
 Stop it with `make down`.
 """
     )

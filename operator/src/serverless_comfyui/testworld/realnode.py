@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from serverless_comfyui.testworld.nodeconfig import (
 )
 from serverless_comfyui.testworld.nodes import H100_PRODUCT, REAL_NODE_PREFIX, gpu_labels
 from serverless_comfyui.testworld.nodeteardown import teardown
-from serverless_comfyui.testworld.processes import ManagedProcess, wait_until
+from serverless_comfyui.testworld.processes import ManagedProcess, pipe, rss, wait_until
 
 REAL_NODE_GPUS = 8
 REQUIRED = ("containerd", "runc", "ctr", "ip", "nsenter", "unshare", "podman", "gcc")
@@ -79,7 +80,7 @@ class RealNode:
     def start(self) -> None:
         """Starts the node's processes; `wait_ready` waits for it to register Ready."""
         started = self.started_at = time.monotonic()
-        check_tools()
+        check_tools(self.plane.tools_bin)
         root = self.files.root
         teardown(root)  # a stale folder left by a killed run
         root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ class RealNode:
     # -- steps -------------------------------------------------------------------------------
 
     def _start_janitor(self) -> None:
-        read_end, write_end = _pipe()
+        read_end, write_end = pipe()
         log = (self.plane.logs / f"{self.name}-janitor.log").open("ab")
         self._janitor = subprocess.Popen(
             [
@@ -277,29 +278,15 @@ class RealNode:
         }
 
 
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _pipe() -> tuple[IO[bytes], IO[bytes]]:
-    import os
-
-    read_fd, write_fd = os.pipe()
-    return os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
-
-
 class MissingNodeToolError(RuntimeError):
     pass
 
 
-def check_tools() -> None:
-    import shutil
-
+def check_tools(tools_bin: Path) -> None:
     missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
     if missing:
         raise MissingNodeToolError(
             f"a real node needs {', '.join(missing)}: run scripts/ensure-container-tools.sh"
         )
+    if not (tools_bin / "kubelet").exists():
+        raise MissingNodeToolError(f"a real node needs {tools_bin / 'kubelet'}: run `make tools`")

@@ -41,7 +41,7 @@ def real_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestWorld]:
     world = TestWorld(
         state_dir=tmp_path_factory.mktemp("realworld"),
         tools_bin=tools,
-        pod_cidr="127.70.0.0/16",
+        pod_cidr="127.75.0.0/16",
         pod_runner=False,
         real_nodes=1,
     )

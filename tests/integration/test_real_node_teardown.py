@@ -77,7 +77,7 @@ def _wait_clean(folder: Path, timeout: float = 90.0) -> list[str]:
 def test_clean_stop_leaves_nothing(tmp_path: Path) -> None:
     sysctls = host_sysctls()
     world = TestWorld(
-        state_dir=tmp_path / "world", pod_cidr="127.71.0.0/16", pod_runner=False, real_nodes=1
+        state_dir=tmp_path / "world", pod_cidr="127.76.0.0/16", pod_runner=False, real_nodes=1
     )
     world.start(timeout=300)
     folder = world.nodes[0].files.root
@@ -91,7 +91,7 @@ def test_clean_stop_leaves_nothing(tmp_path: Path) -> None:
 
 def test_killed_starter_leaves_nothing(tmp_path: Path) -> None:
     sysctls = host_sysctls()
-    starter, node = _start(tmp_path, "127.72.0.0/16")
+    starter, node = _start(tmp_path, "127.77.0.0/16")
     folder = Path(str(node["folder"]))
     assert any(item.startswith("process") for item in leftovers(folder))
     starter.send_signal(signal.SIGKILL)
@@ -104,7 +104,7 @@ def test_teardown_from_the_folder_alone(tmp_path: Path) -> None:
     """The janitor is killed too: what the node left is found from its folder and removed, as
     RealNode.start does over a stale folder."""
     sysctls = host_sysctls()
-    starter, node = _start(tmp_path, "127.73.0.0/16")
+    starter, node = _start(tmp_path, "127.78.0.0/16")
     folder = Path(str(node["folder"]))
     os.kill(int(str(node["janitorPid"])), signal.SIGKILL)
     starter.send_signal(signal.SIGKILL)

@@ -280,7 +280,8 @@ class TestWorld:
         try:
             wait_until(probe, remaining, what, interval=0.2)
         except TimeoutError as exc:
-            logs = "\n".join(f"--- {p.name}\n{p.tail(10)}" for p in self.processes)
+            procs = [*self.processes, *(p for node in self.nodes for p in node.processes)]
+            logs = "\n".join(f"--- {p.name}\n{p.tail(10)}" for p in procs)
             raise TimeoutError(f"{exc}\n{logs}") from None
 
     def _nodes_ready(self) -> bool:

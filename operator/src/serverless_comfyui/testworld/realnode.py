@@ -78,7 +78,7 @@ class RealNode:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the node's processes; `wait_ready` waits for it to register Ready."""
+        """Starts the node's processes (TestWorld then waits for the node to be Ready)."""
         started = self.started_at = time.monotonic()
         check_tools(self.plane.tools_bin)
         root = self.files.root

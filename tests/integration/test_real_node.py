@@ -277,3 +277,19 @@ async def test_host_reaches_a_pod_serving_a_secret_volume(
         assert await r.text() == "served-from-a-secret\n"
     logs = await core.read_namespaced_pod_log("web", ns)
     assert logs.splitlines()[0] == ns
+
+
+async def test_gpus_come_back_when_the_status_loses_them(
+    real_world: TestWorld, core: client.CoreV1Api
+) -> None:
+    """As when the kubelet re-registers and drops the extended resource: gpupatch re-adds it."""
+    await watch_node(core, lambda n: "nvidia.com/gpu" in (n.status.capacity or {}), "GPUs")
+    removed = real_world.kubectl(
+        "patch", "node", NODE, "--subresource=status", "--type=json",
+        "-p", '[{"op": "remove", "path": "/status/capacity/nvidia.com~1gpu"}]',
+    )  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    obj = await watch_node(
+        core, lambda n: (n.status.capacity or {}).get("nvidia.com/gpu") == "8", "its GPUs back"
+    )
+    assert obj.status.allocatable["nvidia.com/gpu"] == "8"

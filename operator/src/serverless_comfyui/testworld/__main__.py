@@ -47,10 +47,10 @@ def _running_pid(state: Path) -> int | None:
     return pid if group_alive(pid) else None
 
 
-def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
+def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: int = 0) -> int:
     """Foreground: start the world (and the product on it), publish the kubeconfig, stop
     everything on SIGTERM/SIGINT."""
-    world = TestWorld(state_dir=state / "world", pod_cidr=pod_cidr)
+    world = TestWorld(state_dir=state / "world", pod_cidr=pod_cidr, real_nodes=real_nodes)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -58,6 +58,12 @@ def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
     (state / "kubeconfig").write_text(world.kubeconfig.read_text())
     (state / "kubeconfig").chmod(0o600)
     info: dict[str, str] = {"server": world.server}
+    if world.nodes:
+        info["realNodes"] = ", ".join(
+            f"{n.name} (node IP {n.network.node_ip}, pods {n.network.pod_cidr})"
+            for n in world.nodes
+            if n.network is not None
+        )
     if product:
         try:
             info |= install_product(world, state, proxy_port)
@@ -74,7 +80,7 @@ def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
     return 0
 
 
-def up(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
+def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: int = 0) -> int:
     state.mkdir(parents=True, exist_ok=True)
     if _running_pid(state):
         print(f"the test world is already running (kubeconfig: {state / 'kubeconfig'})")
@@ -90,6 +96,7 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
             f"--state-dir={state}",
             f"--proxy-port={proxy_port}",
             f"--pod-cidr={pod_cidr}",
+            f"--real-nodes={real_nodes}",
             *([] if product else ["--world-only"]),
         ],
         stdin=subprocess.DEVNULL,
@@ -109,6 +116,12 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str) -> int:
         time.sleep(0.5)
     info = json.loads((state / "ready").read_text())
     server = info["server"]
+    real = info.get("realNodes")
+    containers = (
+        "No GPU runs; containers run on the real nodes only."
+        if real
+        else "No GPU and no container runs."
+    )
     if "proxy" in info:
         print(PRODUCT_BANNER.format(state=state, **info))
     print(
@@ -120,10 +133,12 @@ The test world is up (a real Kubernetes {server} control plane on loopback).
 
 SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu each,
 cpu-0) and every pod labelled app.kubernetes.io/component=comfyui is served by a ComfyUI emulator
-on its loopback pod IP ({pod_cidr}). No GPU and no container runs.
+on its loopback pod IP ({pod_cidr}). {containers}
 Stop it with `make down`.
 """
     )
+    if real:
+        print(f"REAL: kubelet nodes with containerd + runc (fake nvidia.com/gpu): {real}")
     return 0
 
 
@@ -147,14 +162,20 @@ def main() -> int:
     )
     parser.add_argument("--proxy-port", type=int, default=8080)
     parser.add_argument("--pod-cidr", default=LOCAL_POD_CIDR)
+    parser.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        help="also start N real kubelet nodes (containerd + runc, in network namespaces)",
+    )
     args = parser.parse_args()
     state = args.state_dir.resolve()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.command == "down":
         return down(state)
     if args.command == "up":
-        return up(state, not args.world_only, args.proxy_port, args.pod_cidr)
-    return serve(state, not args.world_only, args.proxy_port, args.pod_cidr)
+        return up(state, not args.world_only, args.proxy_port, args.pod_cidr, args.real_nodes)
+    return serve(state, not args.world_only, args.proxy_port, args.pod_cidr, args.real_nodes)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ kube-controller-manager, kube-scheduler and KWOK (which plays the nodes), plus o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ from pathlib import Path
 from serverless_comfyui.testworld.nodes import FAKE_NODE_ANNOTATION, fake_nodes
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
 from serverless_comfyui.testworld.realcomfy import MissingComfyUIError, find_comfyui_home
+from serverless_comfyui.testworld.realnode import ControlPlane, RealNode, real_node_name
 
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 # Service ClusterIPs come from this range; nothing in the test world ever connects to one.
@@ -58,7 +60,9 @@ class TestWorld:
     """What ComfyUI pods run unless annotated otherwise: the emulator, or `real` (realcomfy.py)."""
     comfyui_home: Path | None = None
     """The real ComfyUI (`make comfyui-env`); found in .tools/comfyui when not given."""
+    real_nodes: int = 0  # real kubelet nodes (realnode.py), besides the KWOK fakes
     processes: list[ManagedProcess] = field(default_factory=list)
+    nodes: list[RealNode] = field(default_factory=list)
     server: str = field(default="", init=False)
 
     __test__ = False  # not a pytest test class
@@ -104,6 +108,7 @@ class TestWorld:
                     "server": self.server,
                     "podCIDR": self.pod_cidr,
                     "pids": {p.name: p.pid for p in self.processes},
+                    "realNodes": [node.describe() for node in self.nodes],
                     "startSeconds": round(time.monotonic() - started, 2),
                 },
                 indent=2,
@@ -112,7 +117,10 @@ class TestWorld:
 
     def stop(self) -> None:
         """Stops every process, newest first (the pod runner and its emulators before KWOK,
-        the apiserver before etcd)."""
+        the apiserver before etcd); real nodes first."""
+        for node in reversed(self.nodes):
+            node.stop()
+        self.nodes.clear()
         for proc in reversed(self.processes):
             proc.stop(grace=10.0)
         self.processes.clear()
@@ -120,6 +128,8 @@ class TestWorld:
     def check_alive(self) -> None:
         for proc in self.processes:
             proc.ensure_alive()
+        for node in self.nodes:
+            node.check_alive()
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         proc = ManagedProcess(name, args, self.logs / f"{name}.log", env=env)
@@ -132,7 +142,11 @@ class TestWorld:
         pki.mkdir(exist_ok=True)
         self._write_service_account_key(pki)
         token = secrets.token_hex(16)
-        (pki / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+        node_tokens = {real_node_name(i): secrets.token_hex(16) for i in range(self.real_nodes)}
+        (pki / "tokens.csv").write_text(
+            f'{token},admin,admin,"system:masters"\n'
+            + "".join(f'{t},system:node:{n},{n},"system:nodes"\n' for n, t in node_tokens.items())
+        )
 
         etcd_port, etcd_peer = free_port(), free_port()
         data = self.state_dir / "etcd"
@@ -176,6 +190,8 @@ class TestWorld:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--allow-privileged=true",
+                # Real nodes: reach their kubelet (logs, exec) at the node IP, never by name.
+                "--kubelet-preferred-address-types=InternalIP",
                 "-v=1",
             ],
         )
@@ -252,6 +268,28 @@ class TestWorld:
             deadline,
             "the default ServiceAccount",
         )
+        if node_tokens:
+            plane = ControlPlane(api_port, ca, self.kubeconfig, self.tools_bin, self.logs)
+            self._start_real_nodes(plane, node_tokens, deadline)
+
+    def _start_real_nodes(
+        self, plane: ControlPlane, tokens: dict[str, str], deadline: float
+    ) -> None:
+        """Starts the real nodes and waits (at least 120 s) until they are Ready."""
+        for name, token in tokens.items():
+            node = RealNode(name, token, self.state_dir, plane)
+            self.nodes.append(node)
+            node.start()
+        ready_by = max(deadline, time.monotonic() + 120)
+        for node in self.nodes:
+            self._wait(functools.partial(self._node_ready, node.name), ready_by, f"{node.name}")
+            node.timings["ready"] = time.monotonic() - node.started_at
+
+    def _node_ready(self, name: str) -> bool:
+        out = self.kubectl(
+            "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        )
+        return out.stdout.strip() == "True"
 
     def _wait(self, check: object, deadline: float, what: str) -> None:
         def probe() -> bool:
@@ -262,7 +300,8 @@ class TestWorld:
         try:
             wait_until(probe, remaining, what, interval=0.2)
         except TimeoutError as exc:
-            logs = "\n".join(f"--- {p.name}\n{p.tail(10)}" for p in self.processes)
+            procs = [*self.processes, *(p for node in self.nodes for p in node.processes)]
+            logs = "\n".join(f"--- {p.name}\n{p.tail(10)}" for p in procs)
             raise TimeoutError(f"{exc}\n{logs}") from None
 
     def _nodes_ready(self) -> bool:

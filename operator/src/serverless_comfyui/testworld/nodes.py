@@ -10,6 +10,8 @@ FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 H800_PRODUCT = "NVIDIA-H800"
+# Real kubelet nodes (realnode.py) are named real-h100-<i>; the pod runner leaves their pods alone.
+REAL_NODE_PREFIX = "real-"
 
 
 def _node(
@@ -39,7 +41,7 @@ def _node(
     }
 
 
-def _gpu_labels(product: str, gpus: int) -> dict[str, str]:
+def gpu_labels(product: str, gpus: int) -> dict[str, str]:
     return {
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.product": product,
@@ -51,7 +53,7 @@ def _gpu_labels(product: str, gpus: int) -> dict[str, str]:
 def fake_nodes() -> list[dict[str, Any]]:
     """One H100 node and one H800 node with 8 GPUs each, and one CPU-only node."""
     return [
-        _node("gpu-h100-0", "208", "1800Gi", _gpu_labels(H100_PRODUCT, 8), gpus=8),
-        _node("gpu-h800-0", "192", "1800Gi", _gpu_labels(H800_PRODUCT, 8), gpus=8),
+        _node("gpu-h100-0", "208", "1800Gi", gpu_labels(H100_PRODUCT, 8), gpus=8),
+        _node("gpu-h800-0", "192", "1800Gi", gpu_labels(H800_PRODUCT, 8), gpus=8),
         _node("cpu-0", "16", "64Gi", {"node-role.kubernetes.io/cpu": ""}),
     ]

@@ -43,6 +43,7 @@ from serverless_comfyui.testworld.launch import (
     named_port,
     plan_launch,
 )
+from serverless_comfyui.testworld.nodes import REAL_NODE_PREFIX
 from serverless_comfyui.testworld.processes import die_with_parent
 
 log = logging.getLogger("pod-runner")
@@ -148,8 +149,8 @@ class PodRunner:
 
     async def on_pod(self, pod: Any) -> None:
         uid = pod.metadata.uid
-        if not pod.spec.node_name:
-            return
+        if not pod.spec.node_name or pod.spec.node_name.startswith(REAL_NODE_PREFIX):
+            return  # unscheduled, or on a real node (realnode.py), whose kubelet runs it
         running = self.pods.get(uid)
         if pod.metadata.deletion_timestamp is not None:
             if uid not in self.terminating:

@@ -15,15 +15,18 @@ from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wa
 CRD_FILE = Path(__file__).resolve().parents[4] / CHART_PATH
 
 
-def install_crd(world: TestWorld) -> None:
+def install_crd(world: TestWorld, timeout: float = 120.0) -> None:
     """The FluxWorkflow CRD from the chart, applied and Established."""
-    for args in (
-        ("apply", "--server-side", "-f", str(CRD_FILE)),
-        ("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}"),
-    ):
-        result = world.kubectl(*args)
-        if result.returncode != 0:
-            raise RuntimeError(f"kubectl {args[0]} of the CRD failed: {result.stderr.strip()}")
+    result = world.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl apply of the CRD failed: {result.stderr.strip()}")
+    # Not `kubectl wait`: it fails at once while the new CRD has no status conditions yet.
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+
+    def established() -> bool:
+        return world.kubectl("get", f"crd/{CRD_NAME}", "-o", query).stdout.strip() == "True"
+
+    wait_until(established, timeout, "the FluxWorkflow CRD to be Established")
 
 
 def start_operator(

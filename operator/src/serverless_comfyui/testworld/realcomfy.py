@@ -19,7 +19,7 @@ COMFYUI_ANNOTATION = "testworld.serverless-comfyui.io/comfyui"
 KINDS = ("emulator", "real")
 COMFYUI_HOME = "/opt/ComfyUI"
 # The image's model-folder layout (images/comfyui/extra_model_paths.yaml), base path replaced.
-IMAGE_MODEL_PATHS = Path(__file__).resolve().parents[3] / "images/comfyui/extra_model_paths.yaml"
+IMAGE_MODEL_PATHS = Path(__file__).resolve().parents[4] / "images/comfyui/extra_model_paths.yaml"
 
 
 class MissingComfyUIError(RuntimeError):

@@ -57,3 +57,21 @@ def test_translate_maps_longest_mount_and_leaves_other_paths() -> None:
     assert translate("--x=/opt/ComfyUI/input", mounts) == "--x=/h/a/input"
     assert translate("/opt/ComfyUIx", mounts) == "/opt/ComfyUIx"
     assert translate("relative/path", mounts) == "relative/path"
+
+
+def test_real_comfyui_runs_on_the_pods_folders(tmp_path: Path) -> None:
+    """The real ComfyUI's command line: the pod's IP and port, its mounts for input, output and
+    user, and the image's model-folder layout rebased onto the models mount."""
+    from serverless_comfyui.testworld.realcomfy import real_comfyui_args
+
+    mounts = {f"/opt/ComfyUI/{d}": tmp_path / d for d in ("models", "input", "output", "user")}
+    home = tmp_path / "home"
+    args = real_comfyui_args(home, "127.66.0.5", 8188, tmp_path / "pod", mounts)
+    assert args[:2] == [str(home / "venv/bin/python"), str(home / "ComfyUI/main.py")]
+    assert "--listen=127.66.0.5" in args and "--port=8188" in args
+    for folder in ("input", "output", "user"):
+        assert f"--{folder}-directory={tmp_path / folder}" in args
+    (paths,) = [a.split("=", 1)[1] for a in args if a.startswith("--extra-model-paths-config=")]
+    text = Path(paths).read_text()
+    assert f"base_path: {tmp_path / 'models'}" in text and "/opt/ComfyUI" not in text
+    assert (tmp_path / "pod" / "custom_nodes").is_dir()

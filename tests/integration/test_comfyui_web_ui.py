@@ -1,7 +1,7 @@
 """ComfyUI 0.8.0's real web UI through the proxy at `/ui/<model>/`, in headless Chromium: the page
 must render the graph editor (the LiteGraph canvas, the default graph's nodes), load every asset
-and its WebSocket through the `/ui/<model>/` prefix (never from the proxy's root), and a
-screenshot of it is kept as an artefact:
+and its WebSocket through the `/ui/<model>/` prefix (from the proxy's root only the favicons
+that the browser and the frontend ask for there), and a screenshot of it is kept as an artefact:
 `${SERVERLESS_COMFYUI_ARTIFACTS:-<repo>/.artifacts}/webui-<model>.png`.
 
 Chromium is driven over the DevTools protocol (a small client over aiohttp's WebSocket): the test

@@ -18,7 +18,7 @@ TOOL_MODULES := $(wildcard tools/*/go.mod tools/*/go.sum)
 TOOLS_STAMP := .tools/bin/.built-$(shell cat $(TOOL_MODULES) scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock comfyui-env tools containers redis lint fmt test test-unit test-integration up down clean images bench e2e-kind
+.PHONY: help venv lock comfyui-env tools containers redis chromium lint fmt test test-unit test-integration up down clean images bench e2e-kind
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -61,6 +61,9 @@ containers: ## make podman, buildah, runc, containerd, the CNI plugins and busyb
 redis: ## make redis-server available (the generation API's store is tested against a real one)
 	bash scripts/ensure-redis.sh
 
+chromium: ## make a headless chromium available (the web UI test opens ComfyUI's editor in it)
+	bash scripts/ensure-chromium.sh
+
 lint: venv ## ruff (lint + format check), mypy and hadolint (Dockerfiles)
 	$(VENV)/bin/ruff check operator/src tests
 	$(VENV)/bin/ruff format --check operator/src tests
@@ -71,13 +74,13 @@ fmt: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix operator/src tests
 	$(VENV)/bin/ruff format operator/src tests
 
-test: tools venv redis containers comfyui-env lint ## lint, then all tests (unit + integration on a real control plane)
+test: tools venv redis containers chromium comfyui-env lint ## lint, then all tests (unit + integration on a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv redis ## unit tests only (no control plane)
 	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
 
-test-integration: tools venv redis containers comfyui-env ## integration tests on the real control plane
+test-integration: tools venv redis containers chromium comfyui-env ## integration tests on the real control plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 up: tools venv ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods)

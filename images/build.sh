@@ -22,7 +22,7 @@
 # Each image is cached by a hash of its inputs (Dockerfile, its .dockerignore, every file the
 # build context sends, build arguments, the base image's id, ComfyUI's archive digest): the hash is
 # the image's label io.serverless-comfyui.inputs, and an image whose label matches is not rebuilt
-# ("cached").
+# ("cached"). A new build of an image removes what its earlier builds left in the storage.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -112,6 +112,19 @@ image_label() { # image label -> value, empty when the image or the label is mis
     "${cli[@]}" image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
 }
 image_id() { "${cli[@]}" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+remove_earlier_build() { # target hash: what an earlier build of target left (intermediate
+    # stages and its final image once no tag points at it), found by its inputs label; an image
+    # that is still in use stays.
+    local ids id pass
+    for pass in 1 2; do # children before their parents
+        ids=$("${cli[@]}" images --quiet --no-trunc --filter dangling=true \
+            --filter "label=io.serverless-comfyui.inputs=$2" 2>/dev/null || true)
+        for id in $ids; do
+            "${cli[@]}" rmi "$id" >/dev/null 2>&1 || [[ $pass == 1 ]] ||
+                log "$1: kept $id of an earlier build (in use)"
+        done
+    done
+}
 sha256_of() { sha256sum | cut -c1-64; }
 
 # -- the base image ----------------------------------------------------------------------------
@@ -275,6 +288,8 @@ for target in "${targets[@]}"; do
     label=io.serverless-comfyui.inputs
     if [[ "$dry" != 1 && "$(image_label "$tag" "$label")" == "$hash" ]]; then
         log "$target: cached ($tag, inputs ${hash:0:12})"
+        mkdir -p "$cache/stamps"
+        [[ -f "$cache/stamps/$target-$hash" ]] || image_id "$tag" >"$cache/stamps/$target-$hash"
     elif [[ "$check" == 1 ]]; then
         echo "stale: $target ($tag) is not built from the current inputs (${hash:0:12})" >&2
         stale=1
@@ -302,6 +317,13 @@ for target in "${targets[@]}"; do
             image_id "$tag" >"$cache/stamps/$target-$hash"
             log "$target: built in $((SECONDS - started))s"
         fi
+    fi
+    if [[ "$dry" != 1 ]]; then
+        for stamp in "$cache/stamps/$target"-*; do
+            [[ -f "$stamp" && "$stamp" != "$cache/stamps/$target-$hash" ]] || continue
+            remove_earlier_build "$target" "${stamp##*/"$target"-}"
+            rm -f "$stamp"
+        done
     fi
     if [[ -n "$save_dir" ]]; then
         archive=$save_dir/$target.oci.tar

@@ -170,8 +170,8 @@ case "$base" in
                 log "building $base_image ($recipe)"
                 started=$SECONDS
                 mkdir -p "$cache/base"
-                tarball=$cache/base/$LOCAL_BASE_SUITE-$base_hash.tar
-                rm -f "$tarball"
+                workdir=$(mktemp -d "$cache/base/.$LOCAL_BASE_SUITE-$base_hash.XXXXXX")
+                tarball=$workdir/base.tar
                 mmdebstrap --quiet --variant=minbase --include="$LOCAL_BASE_PACKAGES" \
                     "$LOCAL_BASE_SUITE" "$tarball" "$LOCAL_BASE_MIRROR" >&2
                 if [[ "$engine" == podman ]]; then
@@ -181,7 +181,7 @@ case "$base" in
                     docker import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
                         "$tarball" "$base_image" >/dev/null
                 fi
-                rm -f "$tarball"
+                rm -rf "$workdir"
                 base_id=$(image_id "$base_image")
                 log "base $base_image built in $((SECONDS - started))s"
             fi

@@ -95,8 +95,9 @@ bench: tools venv ## benchmarks, each against a baseline measured in the same ru
 e2e-kind: ## the chart on a kind cluster with real images (needs Docker and kind; not run in CI)
 	bash scripts/e2e-kind.sh
 
-images: ## build the container images with docker buildx (needs a Docker engine; see images/README.md)
-	bash images/build.sh
+IMAGES ?=
+images: ## build the container images (docker buildx, else podman; cached by inputs; see images/README.md)
+	bash images/build.sh $(IMAGES)
 
 clean: down ## remove the virtualenv, the local state and the tool links (not the per-user tool cache)
 	rm -rf $(VENV) .local .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,14 @@
 """Fetch a GitHub repository at a tag as a tarball and unpack it (used by the image builds).
 
     python fetch_source.py --repo comfyanonymous/ComfyUI --ref v0.8.0 --dest /opt/ComfyUI \
-        [--sha256 HEX] [--url URL]
+        [--sha256 HEX] [--url URL|PATH]
 
 Only the standard library: the build stage needs no git and no curl. The archive's top folder
 (`ComfyUI-0.8.0/`) is stripped; members that would land outside `--dest` (absolute paths, `..`,
 links pointing out) are refused. With `--sha256` a different archive fails the build; without
-it the digest is printed so that it can be pinned (images/versions.env).
+it the digest is printed so that it can be pinned (images/versions.env). `--url` takes an
+https:// or file:// URL or a local path (images/build.sh runs this on the host, so that a
+machine without GitHub can point COMFYUI_SOURCE_URL at a copy of the archive).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from pathlib import Path, PurePosixPath
 
 def archive_url(repo: str, ref: str) -> str:
     return f"https://github.com/{repo}/archive/refs/tags/{ref}.tar.gz"
+
+
+def source_url(location: str) -> str:
+    """A URL for location: URLs stay as they are, a local path becomes a file:// URL."""
+    if "://" in location:
+        return location
+    path = Path(location).expanduser().resolve()
+    if not path.is_file():
+        raise SystemExit(f"error: {location}: no such file")
+    return path.as_uri()
 
 
 def download(url: str, target: Path, attempts: int = 4) -> str:
@@ -81,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", required=True, help="a tag, e.g. v0.8.0")
     parser.add_argument("--dest", required=True, type=Path)
     parser.add_argument("--sha256", default="", help="expected SHA-256 of the archive")
-    parser.add_argument("--url", default="", help="download from here instead of GitHub")
+    parser.add_argument(
+        "--url", default="", help="download from here (a URL or a local path) instead of GitHub"
+    )
     args = parser.parse_args(argv)
-    url = args.url or archive_url(args.repo, args.ref)
+    url = source_url(args.url) if args.url else archive_url(args.repo, args.ref)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "source.tar.gz"
         digest = download(url, archive)

@@ -93,13 +93,29 @@ def env_of(instructions: list[Instruction]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_base_images_are_pinned_to_the_versions_env_tag(name: str) -> None:
-    bases = [i.args.split()[0] for i in parse(name) if i.keyword == "FROM"]
+def test_every_stage_builds_on_the_base_image_argument(name: str) -> None:
+    instructions = parse(name)
+    (global_arg,) = [i.args for i in instructions if i.keyword == "ARG" and i.stage == -1]
+    assert global_arg == f"BASE_IMAGE={VERSIONS['BASE_IMAGE']}"
+    bases = [i.args.split() for i in instructions if i.keyword == "FROM"]
     assert len(bases) == 2, "multi-stage: a build stage and a runtime stage"
-    for base in bases:
-        assert base == VERSIONS["PYTHON_IMAGE"]
-        _, _, tag = base.partition(":")
-        assert re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), f"{base}: pin an exact tag"
+    # The ComfyUI image's runtime stage stands on its build stage (no 6.8 GB venv copy).
+    runtime = "build" if name == "comfyui" else "${BASE_IMAGE}"
+    assert bases == [["${BASE_IMAGE}", "AS", "build"], [runtime]]
+
+
+def test_the_upstream_base_is_pinned() -> None:
+    base = VERSIONS["BASE_IMAGE"]
+    assert base.startswith("docker.io/library/python:"), "fully qualified (podman and docker)"
+    reference, _, digest = base.partition("@")
+    assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), base
+    tag = reference.rpartition(":")[2]
+    assert re.fullmatch(r"\d+\.\d+\.\d+-slim-bookworm", tag), f"{base}: pin an exact tag"
+    # The local stand-in: the same Debian release, with what the Dockerfiles call.
+    assert VERSIONS["LOCAL_BASE_SUITE"] == "bookworm"
+    packages = VERSIONS["LOCAL_BASE_PACKAGES"].split(",")
+    assert {"python3", "python3-venv", "python-is-python3", "ca-certificates"} <= set(packages)
+    assert VERSIONS["BASE"] == "auto"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,7 +133,13 @@ def test_the_runtime_stage_installs_nothing(name: str) -> None:
     for word in ("pip ", "apt-get", "gcc", "wheel", "curl", "git "):
         assert word not in runs, f"{name}: {word!r} in the runtime stage"
     copies = [i.args for i in final_stage(name) if i.keyword == "COPY"]
-    assert "--from=build /opt/venv /opt/venv" in copies
+    if name == "comfyui":  # on top of the build stage, which holds no build tools (wheels only)
+        build = " ".join(i.args for i in parse(name) if i.stage == 0 and i.keyword == "RUN")
+        for word in ("apt-get", "gcc", "curl", "git "):
+            assert word not in build, f"{name}: {word!r} in the build stage"
+        assert not [c for c in copies if c.startswith("--from=build")]
+    else:
+        assert "--from=build /opt/venv /opt/venv" in copies
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -197,17 +219,55 @@ def test_the_comfyui_image_wires_the_model_folders() -> None:
 
 def test_the_comfyui_image_pins_comfyui_and_torch() -> None:
     instructions = parse("comfyui")
-    runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
-    assert '--ref "${COMFYUI_VERSION}"' in runs and '--sha256 "${COMFYUI_SHA256}"' in runs
-    assert "-c /opt/constraints.txt -r /opt/ComfyUI/requirements.txt" in runs
-    assert "pip check" in runs
+    runs = [i.args for i in instructions if i.keyword == "RUN"]
+    lock = "images/comfyui/requirements.lock"
+    pip = "/opt/venv/bin/pip"
+    assert f"{pip} install --no-cache-dir --require-hashes -r /src/{lock}" in runs
+    assert f"{pip} install --no-cache-dir --no-deps /src/operator && {pip} check" in runs
+    copies = [i.args for i in instructions if i.keyword == "COPY" and i.stage == 0]
+    assert f"{lock} /src/{lock}" in copies
+    # ComfyUI's source: fetched and checked on the host, never downloaded by the build.
+    assert "--from=comfyui-source . /opt/ComfyUI" in copies
+    assert not [r for r in runs if "COMFYUI" in r and "fetch_source.py" in r]
     assert VERSIONS["COMFYUI_VERSION"] == "v0.8.0"
+    assert VERSIONS["COMFYUI_SOURCE_URL"] == (
+        "https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/v0.8.0.tar.gz"
+    )
+    assert re.fullmatch(r"(|[0-9a-f]{64})", VERSIONS["COMFYUI_SHA256"])
     stats = json.loads((REPO / "tests/fixtures/comfyui-0.8.0/system_stats.json").read_text())
     assert "v" + stats["system"]["comfyui_version"] == VERSIONS["COMFYUI_VERSION"]
     assert stats["system"]["pytorch_version"].split("+")[0] == VERSIONS["TORCH_VERSION"]
-    for key in ("TORCH_VERSION", "TORCHVISION_VERSION", "TORCHAUDIO_VERSION"):
+    # The lock pins exactly the torch versions of versions.env, with hashes.
+    pins = dict(re.findall(r"^([a-z0-9_.-]+)==(\S+) \\$", (REPO / lock).read_text(), re.M))
+    for package, key in (
+        ("torch", "TORCH_VERSION"),
+        ("torchvision", "TORCHVISION_VERSION"),
+        ("torchaudio", "TORCHAUDIO_VERSION"),
+    ):
         assert re.fullmatch(r"\d+\.\d+\.\d+", VERSIONS[key]), key
+        assert pins[package] == VERSIONS[key], f"{lock} pins {package}=={pins[package]}"
+    assert "comfyui-frontend-package" in pins  # the web UI
     assert VERSIONS["NUNCHAKU"] == "false"  # Nunchaku INT4 does not run on Hopper
+
+
+def test_the_comfyui_lock_covers_its_inputs() -> None:
+    """Every requirement of images/comfyui/requirements.in (and ComfyUI's own list) is pinned."""
+    folder = IMAGES / "comfyui"
+    pinned = {
+        re.sub(r"[-_.]+", "-", name).lower()
+        for name in re.findall(
+            r"^([A-Za-z0-9_.-]+)==", (folder / "requirements.lock").read_text(), re.M
+        )
+    }
+    wanted: list[str] = []
+    for source in ("requirements.in", "comfyui-requirements.txt"):
+        for line in (folder / source).read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                wanted.append(re.split(r"[<>=~!\[; ]", line)[0])
+    assert "requests" in wanted  # ComfyUI 0.8.0 imports it without listing it
+    for name in wanted:
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, f"{name} is not in the lock"
 
 
 def test_the_controller_and_devpod_commands() -> None:
@@ -261,15 +321,25 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def run_build(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """images/build.sh with a `docker` on PATH whose `info` fails: no engine answers."""
+def run_build(
+    tmp_path: Path, *args: str, buildx: bool = False, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """images/build.sh with a `docker` on PATH whose `info` fails (no engine answers) and whose
+    `buildx version` works only with buildx=True; a throwaway cache folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
-    fake.write_text('#!/bin/sh\necho "Cannot connect to the Docker daemon" >&2\nexit 1\n')
+    buildx_rc = 0 if buildx else 1
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1 $2" = "buildx version" ] && exit {buildx_rc}\n'
+        'echo "Cannot connect to the Docker daemon" >&2\nexit 1\n'
+    )
     fake.chmod(0o755)
-    environment = {k: v for k, v in os.environ.items() if k not in VERSIONS}
+    skip = {*VERSIONS, "ENGINE", "DRY_RUN", "PUSH", "SERVERLESS_COMFYUI_IMAGES_CACHE"}
+    environment = {k: v for k, v in os.environ.items() if k not in skip}
     environment["PATH"] = f"{bin_dir}:{environment['PATH']}"
+    environment["SERVERLESS_COMFYUI_IMAGES_CACHE"] = str(tmp_path / "cache")
     environment.update(env)
     return subprocess.run(
         ["bash", str(IMAGES / "build.sh"), *args],
@@ -280,34 +350,86 @@ def run_build(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
     )
 
 
-def test_build_without_a_docker_engine_fails_with_directions(tmp_path: Path) -> None:
-    result = run_build(tmp_path)
+def build_lines(result: subprocess.CompletedProcess[str]) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_docker_buildx_without_an_engine_fails_with_directions(tmp_path: Path) -> None:
+    result = run_build(tmp_path, buildx=True)
     assert result.returncode == 1
-    assert "no Docker engine answers here" in result.stderr
-    assert "built" in result.stderr and "elsewhere" in result.stderr
-    assert "make images" in result.stderr and "images/versions.env" in result.stderr
+    assert "no Docker engine answers" in result.stderr and "ENGINE=podman" in result.stderr
     assert result.stdout == ""
 
 
-def test_build_commands_use_versions_env(tmp_path: Path) -> None:
-    result = run_build(tmp_path, DRY_RUN="1")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_docker_buildx_commands_use_versions_env(tmp_path: Path) -> None:
+    lines = build_lines(run_build(tmp_path, buildx=True, DRY_RUN="1"))
     assert len(lines) == 3
-    for line, name in zip(lines, NAMES, strict=True):
-        argv = shlex.split(line[2:])
+    for argv, name in zip(lines, NAMES, strict=True):
         assert argv[:3] == ["docker", "buildx", "build"]
         assert argv[argv.index("--file") + 1] == str(IMAGES / name / "Dockerfile")
         assert argv[argv.index("--tag") + 1] == VERSIONS[f"{name.upper()}_IMAGE"]
+        assert f"BASE_IMAGE={VERSIONS['BASE_IMAGE']}" in argv  # docker: upstream by default
         assert argv[-1] == str(REPO)
-    assert "--build-arg COMFYUI_VERSION=v0.8.0" in lines[0]
+    assert "COMFYUI_VERSION=v0.8.0" in lines[0]
+    context = lines[0][lines[0].index("--build-context") + 1]
+    assert context.startswith("comfyui-source=" + str(tmp_path / "cache" / "sources"))
 
-    result = run_build(tmp_path, "comfyui", DRY_RUN="1", NUNCHAKU="true", REGISTRY="r.io/x")
+    result = run_build(
+        tmp_path, "comfyui", buildx=True, DRY_RUN="1", NUNCHAKU="true", REGISTRY="r.io/x"
+    )
     assert "--tag r.io/x/comfyui:0.1.0-comfyui-v0.8.0-nunchaku" in result.stdout
     assert "NUNCHAKU=true" in result.stdout
 
     result = run_build(tmp_path, "nope", DRY_RUN="1")
     assert result.returncode == 2 and "unknown image" in result.stderr
+
+
+def test_without_buildx_podman_builds_the_same_dockerfiles(tmp_path: Path) -> None:
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    lines = build_lines(run_build(tmp_path, DRY_RUN="1", BASE="local"))
+    assert len(lines) == 3
+    for argv, name in zip(lines, NAMES, strict=True):
+        assert argv[:3] == ["bash", str(IMAGES / "podman.sh"), "build"]
+        assert argv[argv.index("--file") + 1] == str(IMAGES / name / "Dockerfile")
+        ignore = str(IMAGES / name / "Dockerfile.dockerignore")
+        assert argv[argv.index("--ignorefile") + 1] == ignore
+        assert argv[argv.index("--tag") + 1] == VERSIONS[f"{name.upper()}_IMAGE"]
+        assert argv[argv.index("--network") + 1] == "host"  # pip reaches PyPI
+        assert argv[argv.index("--volume") + 1] == f"{ca}:{ca}:ro"  # and trusts the host's CAs
+        assert "--pull=never" in argv
+        (base,) = [a for a in argv if a.startswith("BASE_IMAGE=")]
+        assert re.fullmatch(r"BASE_IMAGE=localhost/serverless-comfyui/base:bookworm-\w{12}", base)
+        assert any(a.startswith("io.serverless-comfyui.inputs=") for a in argv)
+        assert argv[-1] == str(REPO)
+
+    lines = build_lines(run_build(tmp_path, "devpod", DRY_RUN="1", BASE="upstream"))
+    assert f"BASE_IMAGE={VERSIONS['BASE_IMAGE']}" in lines[0]
+
+    lines = build_lines(run_build(tmp_path, "controller", "--save", "out", DRY_RUN="1"))
+    assert lines[-1][2:5] == ["save", "--format", "oci-archive"]
+    assert lines[-1][-3:] == [
+        "--output",
+        "out/controller.oci.tar.partial",
+        VERSIONS["CONTROLLER_IMAGE"],
+    ]
+
+
+def test_podman_runs_with_the_projects_settings() -> None:
+    conf = tomllib.loads((IMAGES / "containers.conf").read_text())
+    assert conf["engine"]["runtime"] == "runc"  # crun fails on our machines
+    assert conf["engine"]["cgroup_manager"] == "cgroupfs"
+    assert conf["engine"]["events_logger"] == "file"
+    script = (IMAGES / "podman.sh").read_text()
+    assert "CONTAINERS_CONF=$here/containers.conf" in script
+    assert "--root" in script and "--runroot" in script
+    assert "SERVERLESS_COMFYUI_IMAGES_CACHE" in script
+
+
+def test_ci_builds_the_images_before_the_tests() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.index("make images") < ci.index("make test")
+    assert "export COMFYUI_SOURCE_URL=../shared/" in ci and "/work/" not in ci
 
 
 # -- images/comfyui/fetch_source.py -------------------------------------------------------------
@@ -382,6 +504,20 @@ def test_fetch_source_unpacks_the_tag_without_its_top_folder(tmp_path: Path) -> 
     assert fetcher.archive_url("comfyanonymous/ComfyUI", "v0.8.0") == (  # type: ignore[attr-defined]
         "https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/v0.8.0.tar.gz"
     )
+
+
+def test_fetch_source_takes_a_local_path(tmp_path: Path) -> None:
+    archive = tmp_path / "src.tar.gz"
+    digest = make_tarball(archive, {"ComfyUI-0.8.0/main.py": b"print()\n"})
+    result = subprocess.run(
+        [sys.executable, str(IMAGES / "comfyui" / "fetch_source.py"), "--repo", "a/b", "--ref",
+         "v1", "--dest", "ComfyUI", "--url", "src.tar.gz", "--sha256", digest],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ComfyUI" / "main.py").is_file()
+    missing = fetch(tmp_path, tmp_path / "absent.tar.gz")
+    assert missing.returncode == 1
 
 
 def test_fetch_source_refuses_a_different_archive_or_unsafe_paths(tmp_path: Path) -> None:

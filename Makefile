@@ -77,8 +77,8 @@ fmt: venv ## apply ruff's formatting and safe fixes
 test: tools venv redis containers chromium comfyui-env lint ## lint, then all tests (unit + integration on a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: venv redis ## unit tests only (no control plane)
-	$(PY) -m pytest -m 'not cluster' $(PYTEST_ARGS)
+test-unit: venv redis ## unit tests only (no control plane, no images, no real ComfyUI)
+	$(PY) -m pytest -m 'not cluster and not images and not comfyui' $(PYTEST_ARGS)
 
 test-integration: tools venv redis containers chromium comfyui-env ## integration tests on the real control plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)

@@ -21,6 +21,8 @@ from PIL import Image
 from comfyui_backends import Stack, proxy_in_front, start_backend
 from serverless_comfyui.proxy import ids
 
+pytestmark = pytest.mark.comfyui
+
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "comfyui-0.8.0"
 # A CPU run of these graphs takes milliseconds; the first prompt after a pause ~2 s. The limit
 # is for a loaded machine.

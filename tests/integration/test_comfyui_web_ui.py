@@ -32,6 +32,8 @@ from PIL import Image
 from comfyui_backends import REAL_START_SECONDS, Stack, proxy_in_front, start_backend
 from serverless_comfyui.testworld.processes import ManagedProcess, group_members, wait_until
 
+pytestmark = pytest.mark.comfyui
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "comfy"
 # The editor renders in ~5-15 s on an idle 2-core machine (Chromium's start + ~10 MB of

@@ -159,9 +159,36 @@ def test_the_images_install_the_export_of_the_lock() -> None:
     assert body == [line for line in committed.splitlines() if not line.startswith("#")], (
         "operator/requirements.lock is stale: run 'make lock'"
     )
-    for image in ("controller", "devpod", "comfyui"):
-        dockerfile = (ROOT / "images" / image / "Dockerfile").read_text()
-        assert "--require-hashes" in dockerfile and "operator/requirements.lock" in dockerfile
+    for image, lock in (
+        ("controller", "operator/requirements.lock"),
+        ("devpod", "operator/requirements.lock"),
+        ("comfyui", "images/comfyui/requirements.lock"),
+    ):
+        run_lines = [
+            line for line in (ROOT / "images" / image / "Dockerfile").read_text().splitlines()
+            if not line.lstrip().startswith("#")
+        ]  # fmt: skip
+        text = "\n".join(run_lines)
+        assert "--require-hashes" in text and lock.rsplit("/", 1)[1] in text, image
+
+
+def _pins(text: str) -> dict[str, str]:
+    """name -> version of a hashed requirements file, for Python 3.11 (our development one)."""
+    pins = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)(?: ; (.*?))?(?: \\)?$", line)
+        if match and (match[3] is None or "python_full_version >= '3.12'" not in match[3]):
+            pins[match[1].lower()] = match[2]
+    return pins
+
+
+def test_the_comfyui_image_holds_our_locked_versions() -> None:
+    """The ComfyUI image's one environment runs our entrypoint: it must hold every version our
+    own lock pins (one resolution over both, made by `make lock`)."""
+    ours = _pins((ROOT / "operator" / "requirements.lock").read_text())
+    image = _pins((ROOT / "images" / "comfyui" / "requirements.lock").read_text())
+    assert len(ours) > 20
+    assert {name: image.get(name) for name in ours} == ours
 
 
 def test_make_venv_refuses_a_lock_older_than_pyproject(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@
 # Installs Debian's chromium when missing and running as root with apt-get; otherwise explains
 # how to install it and exits 1. CHROMIUM=/path/to/chromium names another binary.
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
 
 have_chromium() {
   local binary=${CHROMIUM:-chromium}
@@ -22,11 +24,7 @@ if [ -n "${CHROMIUM:-}" ]; then
   exit 1
 fi
 
-if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing chromium with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq -o DPkg::Lock::Timeout=300
-  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium >/dev/null
+if can_apt_install && apt_install chromium; then
   if have_chromium; then
     exit 0
   fi

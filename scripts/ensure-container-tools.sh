@@ -5,6 +5,8 @@
 # image, iptables and iproute2. Installs Debian's packages when missing and running as root
 # with apt-get; otherwise says what to install and exits 1. Starts nothing.
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
 
 PACKAGES=(podman buildah runc containerd containernetworking-plugins mmdebstrap uidmap
   fuse-overlayfs skopeo iptables iproute2 ca-certificates)
@@ -19,19 +21,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing container tools with apt-get (missing: ${missing[*]})"
-  export DEBIAN_FRONTEND=noninteractive
-  # One apt at a time: wait for another install (a parallel make, a CI job) to finish.
-  for attempt in 1 2 3; do
-    if apt-get update -qq -o DPkg::Lock::Timeout=300 &&
-      apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends \
-        "${PACKAGES[@]}" >/dev/null; then
-      break
-    fi
-    [ "$attempt" = 3 ] && { echo "error: apt-get install ${PACKAGES[*]} failed" >&2; exit 1; }
-    sleep 5
-  done
+if can_apt_install; then
+  apt_install "${PACKAGES[@]}" || exit 1
   still=()
   for command in "${COMMANDS[@]}"; do
     command -v "$command" >/dev/null 2>&1 || still+=("$command")

@@ -4,6 +4,8 @@
 # Installs Debian's redis-server when missing and running as root with apt-get; otherwise
 # explains how to install it and exits 1. Never starts a server (the tests start their own).
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
 
 MIN_MAJOR=6  # LMOVE / BLMOVE need Redis >= 6.2
 
@@ -30,13 +32,9 @@ if [ -n "${REDIS_SERVER:-}" ]; then
   exit 1
 fi
 
-if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing redis-server with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # --no-install-recommends: no redis-tools daemon config or init scripts beyond the package's.
-  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-  # The Debian package may start a system service on 127.0.0.1:6379; the tests never use it.
+# --no-install-recommends: no redis-tools daemon config or init scripts beyond the package's.
+# The Debian package may start a system service on 127.0.0.1:6379; the tests never use it.
+if can_apt_install && apt_install redis-server; then
   if have_redis; then
     exit 0
   fi

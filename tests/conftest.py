@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, components, find_tools_bin
+from serverless_comfyui.testworld.kubeclient import kube_api
 from serverless_comfyui.testworld.processes import ManagedProcess, wait_until
 from serverless_comfyui.testworld.waiters import create_hostpath_claim
 
@@ -47,11 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestWorld]:
 @pytest.fixture
 async def kube(world: TestWorld) -> AsyncIterator[client.ApiClient]:
     """An async Kubernetes client for the test world (one per test: each test has its loop)."""
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(world.kubeconfig), client_configuration=configuration
-    )
-    async with client.ApiClient(configuration) as api:
+    async with kube_api(world.kubeconfig) as api:
         yield api
 
 

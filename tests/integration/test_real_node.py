@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import ClientTimeout
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
+from serverless_comfyui.testworld.kubeclient import kube_api
 from serverless_comfyui.testworld.nodeconfig import host_sysctls
 from serverless_comfyui.testworld.nodes import FAKE_NODE_ANNOTATION, GPU_TAINT, H100_PRODUCT
 from serverless_comfyui.testworld.nodeteardown import leftovers
@@ -64,11 +65,7 @@ def node(real_world: TestWorld) -> RealNode:
 
 @pytest.fixture
 async def core(real_world: TestWorld) -> AsyncIterator[client.CoreV1Api]:
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(real_world.kubeconfig), client_configuration=configuration
-    )
-    async with client.ApiClient(configuration) as api:
+    async with kube_api(real_world.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 

@@ -74,7 +74,7 @@ fmt: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix operator/src tests
 	$(VENV)/bin/ruff format operator/src tests
 
-test: tools venv redis containers chromium comfyui-env lint ## lint, then all tests (unit + integration on a real control plane)
+test: tools venv redis containers chromium comfyui-env images lint ## lint, then all tests (unit + integration on a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv redis ## unit tests only (no control plane, no images, no real ComfyUI)

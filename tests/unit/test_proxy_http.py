@@ -230,7 +230,8 @@ async def test_seed_calls_in_their_documented_shape(
             assert r.status == 200 and r.content_type == "image/png"
             data = await r.read()
         pixel = Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))
-        assert pixel == (245, 55, 225)  # the uploaded image, inverted
+        # The uploaded image, inverted as ComfyUI does (float32, truncated: 200 becomes 54).
+        assert pixel == (245, 54, 225)
 
 
 # -- model extraction and header hygiene --------------------------------------------------------

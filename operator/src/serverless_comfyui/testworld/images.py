@@ -2,10 +2,9 @@
 (the pod sandbox image) and a busybox image with a shell, both FROM scratch, built with podman
 from images/pause/ and saved as OCI archives that containerd imports (`import_image`).
 
-podman uses the project's own storage, shared with the product image builds:
-~/.cache/serverless-comfyui/containers/{root,runroot,tmp} (SERVERLESS_COMFYUI_IMAGES_CACHE
-overrides it), overlay storage, images/pause/containers.conf (runc, cgroupfs). Archives are
-cached by a hash of their inputs under ~/.cache/serverless-comfyui/testworld-images/."""
+podman runs through images/podman.sh, the one place that sets the project's storage and
+settings (shared with `make images`). Archives are cached by a hash of their inputs under
+~/.cache/serverless-comfyui/testworld-images/."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGES_DIR = Path(__file__).resolve().parents[4] / "images" / "pause"
+PODMAN = IMAGES_DIR.parent / "podman.sh"
 BUSYBOX = Path("/bin/busybox")
 TARGETS = ("pause", "busybox")
 
@@ -37,11 +37,6 @@ class LocalImage:
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "serverless-comfyui"
-
-
-def podman_storage() -> Path:
-    env = os.environ.get("SERVERLESS_COMFYUI_IMAGES_CACHE")
-    return Path(env) if env else cache_root() / "containers"
 
 
 def _require(command: str, hint: str) -> str:
@@ -70,21 +65,8 @@ def inputs_hash() -> str:
 
 
 def podman(*args: str) -> list[str]:
-    storage = podman_storage()
-    for sub in ("root", "runroot", "tmp"):
-        (storage / sub).mkdir(parents=True, exist_ok=True)
-    return [
-        _require("podman", "run scripts/ensure-container-tools.sh"),
-        f"--root={storage / 'root'}",
-        f"--runroot={storage / 'runroot'}",
-        f"--tmpdir={storage / 'tmp'}",
-        "--storage-driver=overlay",
-        *args,
-    ]
-
-
-def _podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(IMAGES_DIR / "containers.conf")}
+    _require("podman", "run scripts/ensure-container-tools.sh")
+    return ["bash", str(PODMAN), *args]
 
 
 def _build_context(folder: Path) -> None:
@@ -109,15 +91,14 @@ def build_local_images() -> dict[str, LocalImage]:
     }
     if all(image.archive.exists() for image in images.values()):
         return images
-    env = _podman_env()
     with tempfile.TemporaryDirectory(prefix="scui-images-") as tmp:
         _build_context(Path(tmp))
         for target, image in images.items():
             build = ("build", "--pull=never", "--network=none", f"--target={target}")
-            _run(podman(*build, f"--tag={image.name}", tmp), env=env)
+            _run(podman(*build, f"--tag={image.name}", tmp))
             partial = image.archive.with_suffix(".partial")
             partial.unlink(missing_ok=True)
-            _run(podman("save", "--format=oci-archive", f"--output={partial}", image.name), env)
+            _run(podman("save", "--format=oci-archive", f"--output={partial}", image.name))
             partial.rename(image.archive)
     return images
 

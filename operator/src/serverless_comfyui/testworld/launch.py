@@ -19,14 +19,13 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from serverless_comfyui.entrypoint.settings import COMFYUI_HOME  # ComfyUI's folder in the image
 from serverless_comfyui.testworld.mounts import resolve_env, resolve_mounts, translate
 from serverless_comfyui.testworld.realcomfy import comfyui_kind, real_comfyui_args
 
 COMFYUI_COMPONENT = "comfyui"
 DOWNLOADER_COMPONENT = "model-downloader"
 COMPONENTS = (COMFYUI_COMPONENT, DOWNLOADER_COMPONENT)
-# ComfyUI's folders inside the image (images/comfyui/Dockerfile).
-COMFYUI_HOME = "/opt/ComfyUI"
 # Pod annotations `emulator.serverless-comfyui.io/<setting>` become EMULATOR_<SETTING> for the
 # emulator process, e.g. `emulator.serverless-comfyui.io/step-seconds: "0.5"`.
 EMULATOR_ANNOTATION_PREFIX = "emulator.serverless-comfyui.io/"
@@ -107,13 +106,11 @@ class ComfyUIChoice:
 
 
 def _comfyui_args(
-    pod: Any, ip: str, port: int, data_dir: Path, mounts: dict[str, Path], choice: ComfyUIChoice
+    real_home: Path | None, ip: str, port: int, data_dir: Path, mounts: dict[str, Path]
 ) -> list[str]:
-    if comfyui_kind(pod.metadata.annotations, choice.default) == "real":
-        if choice.real_home is None:
-            raise ValueError("this pod asks for the real ComfyUI, which the world was not given")
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return real_comfyui_args(choice.real_home, ip, port, data_dir, mounts)
+    """The real ComfyUI's command line where real_home is given, else the emulator's."""
+    if real_home is not None:
+        return real_comfyui_args(real_home, ip, port, data_dir, mounts)
     _link_comfyui_folders(data_dir, mounts)
     return _emulator_args(ip, port, data_dir, mounts.get(f"{COMFYUI_HOME}/models"))
 
@@ -144,8 +141,12 @@ async def plan_launch(
 
     health = named_port(container, "health")
     http = named_port(container, "http") or container_port(container)
-    child = _comfyui_args(pod, ip, http, data_dir, mounts, comfyui or ComfyUIChoice())
-    if child[0] != sys.executable:  # the real ComfyUI: nothing it might fetch leaves the machine
+    choice = comfyui or ComfyUIChoice()
+    real = comfyui_kind(pod.metadata.annotations, choice.default) == "real"
+    if real and choice.real_home is None:
+        raise ValueError("this pod asks for the real ComfyUI, which the world was not given")
+    child = _comfyui_args(choice.real_home if real else None, ip, http, data_dir, mounts)
+    if real:  # nothing the real ComfyUI might fetch leaves the machine
         env.update({**LOOPBACK_ONLY_ENV, "NO_PROXY": "127.0.0.0/8,localhost"})
     if health is None:
         return Launch(child, env, mounts=mounts)

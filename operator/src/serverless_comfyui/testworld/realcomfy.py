@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from serverless_comfyui.entrypoint.settings import COMFYUI_HOME
+
 COMFYUI_ANNOTATION = "testworld.serverless-comfyui.io/comfyui"
 KINDS = ("emulator", "real")
-COMFYUI_HOME = "/opt/ComfyUI"
 # The image's model-folder layout (images/comfyui/extra_model_paths.yaml), base path replaced.
 IMAGE_MODEL_PATHS = Path(__file__).resolve().parents[4] / "images/comfyui/extra_model_paths.yaml"
 

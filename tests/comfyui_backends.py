@@ -10,13 +10,13 @@ import json
 import os
 import shlex
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from serverless_comfyui.testworld.controlplane import http_ok
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port, wait_until
 from serverless_comfyui.testworld.realcomfy import (
     MissingComfyUIError,
@@ -46,9 +46,8 @@ class Stack:
 
 
 def _ok(url: str, process: ManagedProcess) -> bool:
-    process.ensure_alive()
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return bool(response.status == 200)
+    process.ensure_alive()  # a process that died fails the wait at once
+    return http_ok(url)
 
 
 def comfyui_command(kind: str, port: int, data_dir: Path) -> list[str]:

@@ -23,6 +23,7 @@ from test_proxy_kube import eventually, fw_replicas, warm_workflow
 
 from serverless_comfyui.crd.models import GROUP, PLURAL, VERSION
 from serverless_comfyui.proxy import ids
+from serverless_comfyui.proxy.kubeapi import parse_time
 from serverless_comfyui.testworld import TestWorld
 from serverless_comfyui.testworld.processes import ManagedProcess, free_port
 
@@ -568,12 +569,12 @@ async def test_a_replaced_proxy_neither_forgets_recent_activity_nor_restarts_the
     async with http.get(f"{old.url}/openai/api/system_stats", params=params) as r:
         assert r.status == 200
     await asyncio.sleep(1)
+    before_last = time.time()
     async with http.get(f"{old.url}/openai/api/object_info/EmptyImage", params=params) as r:
         assert r.status == 200
-    last_request = time.monotonic()
+    last_request, last_request_wall = time.monotonic(), time.time()
     await asyncio.sleep(6)
     old.proc.stop(grace=10)  # SIGTERM: it publishes its activity and releases the lease
-    replaced = time.monotonic()
     new = await proxies("proxy-new")
     await eventually(lambda: _holder_is(kube, namespace, "proxy-new"), PATIENCE, "new leads")
     remaining = delay - 0.5 - (time.monotonic() - last_request)
@@ -583,10 +584,12 @@ async def test_a_replaced_proxy_neither_forgets_recent_activity_nor_restarts_the
     await eventually(
         lambda: replicas_is(kube, namespace, "mem", 0), SETTLE + SLACK + PATIENCE, "zero"
     )
-    zero = time.monotonic()
-    print(f"zero {zero - last_request:.1f}s after the last request (delay {delay}s), restarted")
-    # Not a delay counted from the restart: that would end no sooner than replaced + delay,
-    # and the right one ends SETTLE plus a tick after last_request + delay, 4 s and more before.
-    assert zero < replaced + delay
+    print(f"zero {time.monotonic() - last_request:.1f}s after the last request (delay {delay}s)")
     await eventually(lambda: len(scaled(new, "down")) == 1, PATIENCE, "the new proxy's log")
+    # Not a delay counted from the restart: the new leader's decision names the activity it
+    # counted from, and that is the old proxy's last request, not the new one's start. (A
+    # wall-clock bound here failed on a loaded CI machine by 0.1 s; the log is exact.)
+    counted_from = parse_time(scaled(new, "down")[0]["last_activity"])
+    assert counted_from is not None
+    assert before_last <= counted_from <= last_request_wall, (before_last, counted_from)
     assert not scaled(old, "down")

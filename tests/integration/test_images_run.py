@@ -71,13 +71,20 @@ def built_image(name: str) -> str:
 
 
 @contextmanager
-def container(image: str, *command: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A detached container on the host network (loopback ports only); removed at exit."""
+def container(
+    image: str, *command: str, env: dict[str, str] | None = None, writable: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A detached container on the host network (loopback ports only); removed at exit. With
+    writable folders, the root filesystem is read-only and only those are writable (tmpfs), as
+    in the operator's pods."""
     name = f"scui-test-{uuid.uuid4().hex[:10]}"
     env_args = [f"--env={key}={value}" for key, value in (env or {}).items()]
+    root_args = ["--read-only", "--read-only-tmpfs=false"] if writable else []
+    root_args += [f"--tmpfs={folder}:rw,mode=1777" for folder in writable]
     started = podman(
-        "run", "--detach", "--name", name, "--network", "host", *env_args, image, *command
-    )
+        "run", "--detach", "--name", name, "--network", "host", *root_args, *env_args,
+        image, *command,
+    )  # fmt: skip
     try:
         assert started.returncode == 0, started.stderr
         yield name
@@ -180,7 +187,9 @@ def test_comfyui_image_boots_comfyui_behind_the_entrypoint() -> None:
         "HEALTH_PORT": str(health_port),
         "WARMUP_WORKFLOW": "",  # ready once ComfyUI answers
     }
-    with container(image, env=env) as name:
+    # What the operator's pods mount writable (builders.py); everything else is read-only.
+    writable = ("/tmp", "/opt/ComfyUI/user", "/opt/ComfyUI/input", "/opt/ComfyUI/output")
+    with container(image, env=env, writable=writable) as name:
         wait_for_status(f"http://127.0.0.1:{health_port}/readyz", name, COMFYUI_READY_SECONDS)
 
         status, _, body = get(f"http://127.0.0.1:{comfyui_port}/system_stats")

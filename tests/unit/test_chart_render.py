@@ -36,6 +36,7 @@ VALUES_SETS = {
     "cluster-wide": ["-f", str(FIXTURES / "cluster-wide.yaml")],
     "exposed": ["-f", str(FIXTURES / "exposed.yaml")],
     "local-processes": ["-f", str(FIXTURES / "local-processes.yaml")],
+    "real-node": ["-f", str(FIXTURES / "real-node.yaml")],
     "watch-namespaces": ["-f", str(FIXTURES / "watch-namespaces.yaml")],
     "everything": ["-f", str(FIXTURES / "everything.yaml")],
 }

@@ -4,6 +4,7 @@ for server-side apply, so the reconcile is `apply(desired)` and repeating it cha
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -22,6 +23,21 @@ MODELS_HASH_ANNOTATION = "serverless-comfyui.io/models-hash"
 COMFYUI_HOME = "/opt/ComfyUI"
 CONFIG_DIR = "/etc/serverless-comfyui"
 MODELS_MOUNT = "/models"
+# Every pod the operator makes meets the Pod Security Standards' `restricted` profile, so it
+# runs in namespaces that enforce it (pod-security.kubernetes.io/enforce=restricted). The
+# images run as 1000:1000; writable places are volumes (tmp, user, the claim's folders).
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -105,6 +121,16 @@ def _models_volume(spec: FluxWorkflowSpec) -> dict[str, Any]:
     return {"name": "models", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
 
 
+def _placement(settings: OperatorSettings) -> dict[str, Any]:
+    """The download Job's nodeSelector and tolerations (the chart's `downloadJob` values)."""
+    placement: dict[str, Any] = {}
+    if settings.downloader_node_selector:
+        placement["nodeSelector"] = dict(settings.downloader_node_selector)
+    if settings.downloader_tolerations:
+        placement["tolerations"] = copy.deepcopy(settings.downloader_tolerations)
+    return placement
+
+
 def download_job(
     name: str, namespace: str, uid: str, spec: FluxWorkflowSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -144,7 +170,8 @@ def download_job(
                 "metadata": {"labels": pod_labels},
                 "spec": {
                     "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+                    **_placement(settings),
+                    "securityContext": copy.deepcopy(POD_SECURITY),
                     "containers": [
                         {
                             "name": "downloader",
@@ -161,11 +188,7 @@ def download_job(
                                 "requests": {"cpu": "500m", "memory": "512Mi"},
                                 "limits": {"memory": "2Gi"},
                             },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "securityContext": copy.deepcopy(CONTAINER_SECURITY),
                             "terminationMessagePath": "/dev/termination-log",
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": [
@@ -215,6 +238,8 @@ def _volume_mounts(spec: FluxWorkflowSpec) -> list[dict[str, Any]]:
         },
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        # ComfyUI's settings and database: writable, and the root filesystem is read-only.
+        {"name": "user", "mountPath": f"{COMFYUI_HOME}/user"},
     ]
     for folder, sub_path in (
         ("input", spec.storage.input_sub_path),
@@ -232,6 +257,7 @@ def _volumes(name: str, spec: FluxWorkflowSpec) -> list[dict[str, Any]]:
         _models_volume(spec),
         {"name": "config", "configMap": {"name": object_names(name)["configmap"]}},
         {"name": "tmp", "emptyDir": {}},
+        {"name": "user", "emptyDir": {}},
     ]
     if spec.storage.input_sub_path is None:
         volumes.append({"name": "input", "emptyDir": {}})
@@ -255,7 +281,7 @@ def comfyui_deployment(
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "nodeSelector": spec.node_selector
         if spec.node_selector is not None
         else profile.node_selector,
@@ -294,10 +320,7 @@ def comfyui_deployment(
                     "failureThreshold": 360,
                 },
                 "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "health"}}},
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": copy.deepcopy(CONTAINER_SECURITY),
                 "volumeMounts": _volume_mounts(spec),
             }
         ],

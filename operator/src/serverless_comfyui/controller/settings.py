@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,10 @@ class OperatorSettings(BaseSettings):
     """YAML file of resource profiles (the chart mounts one); unset: built-in defaults."""
     downloader_image: str = "ghcr.io/serverless-comfyui/devpod:0.1.0"
     """Image of the model-download Job (it runs `python -m serverless_comfyui.downloader`)."""
+    downloader_node_selector: dict[str, str] = {}
+    """Node selector of the model-download Job's pod (JSON); empty: any node."""
+    downloader_tolerations: list[dict[str, Any]] = []
+    """Tolerations of the model-download Job's pod (JSON)."""
     download_token_hosts: list[str] = []
     """Hosts besides huggingface.co / hf.co that may receive the Hugging Face token."""
     proxy_url: str = "http://serverless-comfyui-proxy:8080"

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from serverless_comfyui.testworld import realchart
 from serverless_comfyui.testworld.controlplane import TestWorld
 from serverless_comfyui.testworld.local import install_product
 from serverless_comfyui.testworld.processes import group_alive, kill_group
@@ -47,10 +49,56 @@ def _running_pid(state: Path) -> int | None:
     return pid if group_alive(pid) else None
 
 
-def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: int = 0) -> int:
+@dataclass(frozen=True)
+class Options:
+    product: bool = True
+    proxy_port: int = 8080
+    pod_cidr: str = LOCAL_POD_CIDR
+    real_nodes: int = 0
+    real: bool = False
+    """The product on a real node (realchart.py), instead of host processes beside emulators."""
+
+    def args(self) -> list[str]:
+        return [
+            f"--proxy-port={self.proxy_port}",
+            f"--pod-cidr={self.pod_cidr}",
+            f"--real-nodes={self.real_nodes}",
+            *([] if self.product else ["--world-only"]),
+            *(["--real"] if self.real else []),
+        ]
+
+
+def _install(world: TestWorld, state: Path, options: Options) -> dict[str, str]:
+    if not options.real:
+        return install_product(world, state, options.proxy_port)
+    release = realchart.install(world, state, realchart.RELEASE)
+    proxy = release.proxy_url()
+    return {
+        "proxy": proxy,
+        "namespace": release.namespace,
+        "model": realchart.APP,
+        "ui": f"{proxy}/ui/{realchart.APP}/",
+    }
+
+
+REAL_BANNER = """
+serverless-comfyui is up on a real node: the chart is installed in namespace {namespace} with
+the images `make images` built; the operator, the proxy and ComfyUI run as containers
+(`kubectl -n {namespace} get pods -o wide`). ComfyUI runs on CPU (no GPU here).
+
+  proxy:       {proxy}   (the proxy pod's IP, routed from this machine)
+  model:       {model}   (the default FluxWorkflow, scaled to zero; its workflow needs no weights)
+  web UI:      {ui}   (the first visit starts ComfyUI: about a minute)
+  an image:    curl -s {proxy}/v1/generate -H 'Content-Type: application/json' \\
+                 -d '{{"model": "{model}"}}'
+"""
+
+
+def serve(state: Path, options: Options) -> int:
     """Foreground: start the world (and the product on it), publish the kubeconfig, stop
     everything on SIGTERM/SIGINT."""
-    world = TestWorld(state_dir=state / "world", pod_cidr=pod_cidr, real_nodes=real_nodes)
+    real_nodes = max(options.real_nodes, 1 if options.real else 0)
+    world = TestWorld(state_dir=state / "world", pod_cidr=options.pod_cidr, real_nodes=real_nodes)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -64,9 +112,9 @@ def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes
             for n in world.nodes
             if n.network is not None
         )
-    if product:
+    if options.product:
         try:
-            info |= install_product(world, state, proxy_port)
+            info |= _install(world, state, options)
         except BaseException:
             world.stop()
             raise
@@ -80,7 +128,7 @@ def serve(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes
     return 0
 
 
-def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: int = 0) -> int:
+def up(state: Path, options: Options) -> int:
     state.mkdir(parents=True, exist_ok=True)
     if _running_pid(state):
         print(f"the test world is already running (kubeconfig: {state / 'kubeconfig'})")
@@ -94,10 +142,7 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: i
             "serverless_comfyui.testworld",
             "serve",
             f"--state-dir={state}",
-            f"--proxy-port={proxy_port}",
-            f"--pod-cidr={pod_cidr}",
-            f"--real-nodes={real_nodes}",
-            *([] if product else ["--world-only"]),
+            *options.args(),
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -105,7 +150,8 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: i
         start_new_session=True,
     )
     _pid_file(state).write_text(str(proc.pid))
-    deadline = time.monotonic() + 180
+    # A real node imports the images (the ComfyUI one is ~7 GB) before the chart's pods start.
+    deadline = time.monotonic() + (900 if options.real else 180)
     while not (state / "ready").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             print(
@@ -122,7 +168,9 @@ def up(state: Path, product: bool, proxy_port: int, pod_cidr: str, real_nodes: i
         if real
         else "No GPU and no container runs."
     )
-    if "proxy" in info:
+    if "ui" in info:
+        print(REAL_BANNER.format(state=state, **info))
+    elif "proxy" in info:
         print(PRODUCT_BANNER.format(state=state, **info))
     print(
         f"""
@@ -133,7 +181,7 @@ The test world is up (a real Kubernetes {server} control plane on loopback).
 
 SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu each,
 cpu-0) and every pod labelled app.kubernetes.io/component=comfyui is served by a ComfyUI emulator
-on its loopback pod IP ({pod_cidr}). {containers}
+on its loopback pod IP ({options.pod_cidr}). {containers}
 Stop it with `make down`.
 """
     )
@@ -168,14 +216,20 @@ def main() -> int:
         default=0,
         help="also start N real kubelet nodes (containerd + runc, in network namespaces)",
     )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="the chart on a real node with the images `make images` built (real ComfyUI)",
+    )
     args = parser.parse_args()
     state = args.state_dir.resolve()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.command == "down":
         return down(state)
-    if args.command == "up":
-        return up(state, not args.world_only, args.proxy_port, args.pod_cidr, args.real_nodes)
-    return serve(state, not args.world_only, args.proxy_port, args.pod_cidr, args.real_nodes)
+    options = Options(
+        not args.world_only, args.proxy_port, args.pod_cidr, args.real_nodes, args.real
+    )
+    return (up if args.command == "up" else serve)(state, options)
 
 
 if __name__ == "__main__":

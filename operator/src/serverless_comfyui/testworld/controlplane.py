@@ -24,7 +24,8 @@ from serverless_comfyui.testworld.realcomfy import MissingComfyUIError, find_com
 from serverless_comfyui.testworld.realnode import ControlPlane, RealNode, real_node_name
 
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
-# Service ClusterIPs come from this range; nothing in the test world ever connects to one.
+# Service ClusterIPs come from this range. Only the `kubernetes` Service's is ever connected to,
+# from real nodes (netns.KUBERNETES_CLUSTER_IP).
 SERVICE_CIDR = "10.96.0.0/16"
 
 

@@ -1,9 +1,11 @@
-"""`python -m serverless_comfyui.testworld.forwarder --netns PATH --port P --to HOST:PORT`:
-a TCP forwarder from inside a real node's network namespace to the apiserver on the host's
-loopback. It opens its listening socket in the node's namespace (127.0.0.1:P and the namespace's
-other addresses: only ours exist there) and then returns to the host namespace, where it connects
-to HOST:PORT (a loopback address) for every connection. So the kubelet reaches the apiserver as
-https://127.0.0.1:P, an address the apiserver's certificate is valid for."""
+"""`python -m serverless_comfyui.testworld.forwarder --netns PATH --port P [--port Q ...]
+--to HOST:PORT`: a TCP forwarder from inside a real node's network namespace to the apiserver on
+the host's loopback. It opens its listening sockets in the node's namespace (0.0.0.0:P, ...:
+only our addresses exist there) and then returns to the host namespace, where it connects to
+HOST:PORT (a loopback address) for every connection. So the kubelet reaches the apiserver as
+https://127.0.0.1:P, and pods as https://10.96.0.1:443, the `kubernetes` Service's ClusterIP
+that netns.py puts on the namespace's loopback (the world has no kube-proxy): addresses the
+apiserver's certificate is valid for."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def serve(sock: socket.socket, host: str, port: int) -> None:
+async def serve(socks: list[socket.socket], host: str, port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(host, port)
@@ -65,23 +67,22 @@ async def serve(sock: socket.socket, host: str, port: int) -> None:
             return
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-    server = await asyncio.start_server(handle, sock=sock)
-    async with server:
-        await server.serve_forever()
+    servers = [await asyncio.start_server(handle, sock=sock) for sock in socks]
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--netns", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, action="append", required=True)
     parser.add_argument("--to", required=True, help="a loopback HOST:PORT on the host")
     args = parser.parse_args()
     host, _, port = args.to.rpartition(":")
     if not host.startswith("127."):
         raise SystemExit("the forwarder only connects to loopback addresses")
-    sock = listen_in(args.netns, args.port)
+    socks = [listen_in(args.netns, listen) for listen in args.port]
     print(f"forwarding {args.netns} :{args.port} -> {args.to}", flush=True)
-    asyncio.run(serve(sock, host, int(port)))
+    asyncio.run(serve(socks, host, int(port)))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 10.203.0.0/16, and the pods' range (10.244.<slot>.0/24, CNI bridge + host-local inside the
 namespace). The host gets a route to the pods' range through our veth and nothing else; the
 namespace has no default route, so nothing in it can send traffic beyond the host end of the veth.
+The `kubernetes` Service's ClusterIP (KUBERNETES_CLUSTER_IP) is an address of the namespace's
+loopback, where the node's forwarder answers for the apiserver: in-cluster clients (the operator
+and proxy pods) find the apiserver where Kubernetes tells them to, with no kube-proxy.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import ipaddress
 import json
 import subprocess
 from dataclasses import asdict, dataclass
+
+# The first address of the world's Service range (controlplane.SERVICE_CIDR): the apiserver
+# gives it to the `kubernetes` Service and lists it in its certificate.
+KUBERNETES_CLUSTER_IP = "10.96.0.1"
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ def create_network(net: NodeNetwork) -> None:
     ip("link", "set", net.host_if, "up")
     ip(*ns, "link", "set", "eth0", "up")
     ip(*ns, "link", "set", "lo", "up")
+    ip(*ns, "addr", "add", f"{KUBERNETES_CLUSTER_IP}/32", "dev", "lo")
     ip("route", "add", net.pod_cidr, "via", net.node_ip, "dev", net.host_if)
 
 

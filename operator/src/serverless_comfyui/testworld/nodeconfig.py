@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serverless_comfyui.testworld import cgroups
-from serverless_comfyui.testworld.netns import NodeNetwork
+from serverless_comfyui.testworld.netns import KUBERNETES_CLUSTER_IP, NodeNetwork
 from serverless_comfyui.testworld.nodes import GPU_TAINT
 
 # The host-wide sysctls the kubelet writes (kubelet/cm: setupKernelTunables, and the keyring
@@ -123,7 +123,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 
 def cni_config(files: NodeFiles, net: NodeNetwork) -> str:
-    """A bridge in the node's namespace; pods get routes to their range and to our /30 only."""
+    """A bridge in the node's namespace; pods get routes to their range, to our /30 and to the
+    `kubernetes` Service's ClusterIP (answered in the node's namespace: netns.py) only."""
     link = net.host_ip.rsplit(".", 1)[0] + ".0/30"
     bridge = {
         "type": "bridge",
@@ -134,7 +135,7 @@ def cni_config(files: NodeFiles, net: NodeNetwork) -> str:
         "ipam": {
             "type": "host-local",
             "ranges": [[{"subnet": net.pod_cidr}]],
-            "routes": [{"dst": link}],
+            "routes": [{"dst": link}, {"dst": f"{KUBERNETES_CLUSTER_IP}/32"}],
             "dataDir": str(files.path("cni-ipam")),
         },
     }

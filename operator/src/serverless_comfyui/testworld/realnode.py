@@ -181,6 +181,7 @@ class RealNode:
                 "serverless_comfyui.testworld.forwarder",
                 f"--netns={net.netns_path}",
                 f"--port={self.plane.api_port}",
+                "--port=443",  # the `kubernetes` Service (netns.KUBERNETES_CLUSTER_IP)
                 f"--to=127.0.0.1:{self.plane.api_port}",
             ],
         )

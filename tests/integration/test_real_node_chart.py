@@ -50,6 +50,29 @@ FILE_SERVER_PORT = 8000  # inside the node's own network namespace: nothing else
 # The real ComfyUI imports torch for a minute idle, several on a loaded 2-core machine, then warms
 # up: the hold and this wait allow for that (`make bench` measures it; nothing here times it).
 COLD_START_SECONDS = 900
+# A weightless prompt that runs for a while on CPU (~10 s on an idle 2-core machine): a Gaussian
+# blur of radius 31 (a 63 x 63 kernel) over 512 x 512 pixels, saved small.
+SLOW_GRAPH: dict[str, Any] = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 512, "height": 512, "batch_size": 1, "color": 8421504},
+    },
+    "2": {
+        "class_type": "ImageBlur",
+        "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 10.0},
+    },
+    "3": {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": ["2", 0],
+            "upscale_method": "nearest-exact",
+            "width": 64,
+            "height": 64,
+            "crop": "disabled",
+        },
+    },
+    "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "slow"}},
+}
 MODEL_FILE = "tiny.safetensors"
 MODEL_BYTES = os.urandom(1 << 20)
 
@@ -197,22 +220,12 @@ async def test_a_prompt_at_zero_cold_starts_the_real_comfyui_image_on_the_node(
 ) -> None:
     (proxy,) = await ready_pods(core, installed, "proxy")
     url = proxy_url(proxy)
-    params = {"model": APP}
     timeout = aiohttp.ClientTimeout(total=COLD_START_SECONDS)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         started = time.monotonic()
-        body = {"model": APP, "prompt": WARMUP_GRAPH}
-        async with http.post(f"{url}/openai/api/prompt", json=body) as answer:
-            assert answer.status == 200, await answer.text()
-            prompt_id = (await answer.json())["prompt_id"]
+        prompt_id = await post_prompt(http, url, WARMUP_GRAPH)
         print(f"cold start through the proxy pod: held {time.monotonic() - started:.0f} s")
-        entry = await finished_entry(http, url, prompt_id)
-        assert entry["status"]["status_str"] == "success", entry
-        (image,) = next(iter(entry["outputs"].values()))["images"]
-        async with http.get(f"{url}/openai/api/view", params={**image, **params}) as answer:
-            assert answer.status == 200
-            assert (await answer.read()).startswith(b"\x89PNG\r\n\x1a\n")
-
+        await fetch_image(http, url, await finished_entry(http, url, prompt_id))
     (pod,) = await ready_pods(core, installed, "comfyui")
     assert pod.spec.node_name == installed.node.name
     name = pod.metadata.name
@@ -232,15 +245,130 @@ async def test_a_prompt_at_zero_cold_starts_the_real_comfyui_image_on_the_node(
     assert MODEL_FILE in listed.stdout.split(), listed.stderr
 
 
-async def finished_entry(http: aiohttp.ClientSession, url: str, prompt_id: str) -> Any:
-    """The prompt's history entry once it has one (ComfyUI runs it right after the warm-up)."""
-    deadline = time.monotonic() + POD_WAIT
+async def post_prompt(http: aiohttp.ClientSession, url: str, graph: dict[str, Any]) -> str:
+    body = {"model": APP, "prompt": graph}
+    async with http.post(f"{url}/openai/api/prompt", json=body) as answer:
+        assert answer.status == 200, await answer.text()
+        return str((await answer.json())["prompt_id"])
+
+
+async def fetch_image(http: aiohttp.ClientSession, url: str, entry: Any) -> None:
+    """The prompt succeeded and its one image comes back through the proxy."""
+    assert entry["status"]["status_str"] == "success", entry
+    (image,) = next(iter(entry["outputs"].values()))["images"]
+    async with http.get(f"{url}/openai/api/view", params={**image, "model": APP}) as answer:
+        assert answer.status == 200, await answer.text()
+        assert (await answer.read()).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+async def wait_running(http: aiohttp.ClientSession, url: str, prompt_id: str) -> None:
+    """Until ComfyUI runs the prompt (its queue through the proxy)."""
+    deadline = time.monotonic() + COLD_START_SECONDS
     while time.monotonic() < deadline:
+        async with http.get(f"{url}/openai/api/queue", params={"model": APP}) as answer:
+            assert answer.status == 200, await answer.text()
+            running = (await answer.json())["queue_running"]
+        if any(prompt_id in item for item in running):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} never ran")
+
+
+async def finished_entry(
+    http: aiohttp.ClientSession, url: str, prompt_id: str, wait: float = POD_WAIT
+) -> Any:
+    """The prompt's history entry once it is finished (None when it is not within wait)."""
+    deadline = time.monotonic() + wait
+    while True:
         params = {"model": APP}
         async with http.get(f"{url}/openai/api/history/{prompt_id}", params=params) as answer:
             assert answer.status == 200, await answer.text()
             entry = (await answer.json()).get(prompt_id)
         if entry and entry.get("status", {}).get("completed") is not None:
             return entry
+        if time.monotonic() >= deadline:
+            if wait:
+                raise AssertionError(f"prompt {prompt_id} has no finished history entry")
+            return None
         await asyncio.sleep(0.5)
-    raise AssertionError(f"prompt {prompt_id} has no finished history entry")
+
+
+def patch_delay(installed: RealRelease, seconds: int) -> None:
+    body = json.dumps({"spec": {"scaleDownDelaySeconds": seconds}})
+    done = installed.kubectl("patch", "fluxworkflow", APP, "--type=merge", "-p", body)
+    assert done.returncode == 0, done.stderr
+
+
+def comfyui_pods(installed: RealRelease) -> list[dict[str, Any]]:
+    done = installed.kubectl(
+        "get", "pods", "-l", "app.kubernetes.io/component=comfyui", "-o", "json"
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout)["items"])
+
+
+def replicas(installed: RealRelease) -> int:
+    done = installed.kubectl("get", "fluxworkflow", APP, "-o", "jsonpath={.spec.replicas}")
+    return int(done.stdout or 0)
+
+
+@pytest.mark.timeout(COLD_START_SECONDS + 300)
+async def test_scale_down_leaves_a_pod_alone_while_its_prompt_runs(
+    installed: RealRelease, core: client.CoreV1Api
+) -> None:
+    """A 2 s scale-down delay passes many times over while the prompt runs: the autoscaler
+    counts the running prompt as demand, so the pod stays until the image is back; then the
+    FluxWorkflow goes to zero."""
+    url = installed.proxy_url()
+    timeout = aiohttp.ClientTimeout(total=COLD_START_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        prompt_id = await post_prompt(http, url, SLOW_GRAPH)
+        await wait_running(http, url, prompt_id)
+        (pod,) = comfyui_pods(installed)
+        patch_delay(installed, 2)
+        entry = None
+        while entry is None:  # each look also checks that the busy pod is kept
+            assert replicas(installed) == 1
+            (kept,) = comfyui_pods(installed)
+            assert kept["metadata"]["uid"] == pod["metadata"]["uid"]
+            assert "deletionTimestamp" not in kept["metadata"], "the busy pod is being removed"
+            entry = await finished_entry(http, url, prompt_id, wait=0)
+            await asyncio.sleep(0.5)
+        await fetch_image(http, url, entry)
+    installed.wait(lambda: replicas(installed) == 0, POD_WAIT, "the scale-down to zero")
+    installed.wait(lambda: not comfyui_pods(installed), POD_WAIT, "the pod to go")
+
+
+@pytest.mark.timeout(COLD_START_SECONDS + 300)
+async def test_a_deleted_pod_drains_its_prompt_before_it_stops(
+    installed: RealRelease, core: client.CoreV1Api
+) -> None:
+    """A pod deleted mid-prompt (a node drain, a rolling update) runs its preStop drain under the
+    real grace period: ComfyUI keeps running until the prompt is done, and its image is served
+    from the terminating pod (the proxy routes by the prompt's id)."""
+    patch_delay(installed, 600)
+    url = installed.proxy_url()
+    timeout = aiohttp.ClientTimeout(total=COLD_START_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        prompt_id = await post_prompt(http, url, SLOW_GRAPH)  # a cold start from zero
+        await wait_running(http, url, prompt_id)
+        (pod,) = comfyui_pods(installed)
+        name = pod["metadata"]["name"]
+        # The container's log to its end (the pod's object and log go when it stops).
+        world = installed.world
+        follow = await asyncio.create_subprocess_exec(
+            *(world.tool("kubectl"), f"--kubeconfig={world.kubeconfig}", "-n", installed.namespace),
+            *("logs", "--follow", name, "-c", "comfyui"),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        deleted = installed.kubectl("delete", "pod", name, "--wait=false")
+        assert deleted.returncode == 0, deleted.stderr
+        entry = await finished_entry(http, url, prompt_id)
+        await fetch_image(http, url, entry)
+        # The prompt finished in a pod being deleted: the drain held the container.
+        terminating = [p for p in comfyui_pods(installed) if p["metadata"]["name"] == name]
+        assert terminating and "deletionTimestamp" in terminating[0]["metadata"]
+    out, _ = await asyncio.wait_for(follow.communicate(), POD_WAIT)
+    log = out.decode(errors="replace")
+    drained = [json.loads(line) for line in log.splitlines() if '"event": "drained"' in line]
+    assert drained and drained[0]["waited"] is True, log[-2000:]

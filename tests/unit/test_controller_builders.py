@@ -87,3 +87,14 @@ def test_the_chart_passes_the_download_job_placement_as_json(
     settings = OperatorSettings()
     assert settings.downloader_node_selector == {"pool": "cpu"}
     assert settings.downloader_tolerations == []
+
+
+def test_the_drain_ends_before_the_grace_period() -> None:
+    spec = SPEC.model_copy(update={"termination_grace_period_seconds": 120})
+    deployment = comfyui_deployment(
+        "app", "ns", "uid", spec, ResourceProfile(), OperatorSettings(), replicas=1
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert env["DRAIN_TIMEOUT_SECONDS"] == "110"

@@ -402,7 +402,7 @@ async def test_startup_timeout_exits_1(start_pod: Callable[..., Any]) -> None:
 
 
 async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any]) -> None:
-    pod: Pod = await start_pod()
+    pod: Pod = await start_pod(env={"DRAIN_OUTPUTS_SECONDS": "3"})
     await pod.wait_ready()
     async with pod.http.post(f"{pod.comfy}/_emulator/faults", json={"step_seconds": 1.0}) as r:
         assert r.status == 200
@@ -415,7 +415,9 @@ async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any])
     code, body = await drain
     elapsed = time.monotonic() - started
     assert code == 200 and body["drained"] is True
-    assert elapsed >= 2.0  # three prompts of 1 s each were queued (the first one had begun)
+    # Three prompts of 1 s each were queued (the first one had begun), then the outputs window.
+    assert elapsed >= 2.0 + 3.0
+    assert 2.0 <= body["seconds"] < elapsed
     queue = await pod.comfy_json("/queue")
     assert queue == {"queue_running": [], "queue_pending": []}
     for prompt_id in prompts:
@@ -423,6 +425,14 @@ async def test_drain_waits_for_the_queue_to_empty(start_pod: Callable[..., Any])
         assert history[prompt_id]["status"]["status_str"] == "success"
     assert await pod.ready() == (503, "draining")
     assert pod.events().count("drained") == 1
+
+
+async def test_an_idle_drain_returns_at_once(start_pod: Callable[..., Any]) -> None:
+    """Nothing ran, so nothing waits for its outputs: no DRAIN_OUTPUTS_SECONDS."""
+    pod: Pod = await start_pod(env={"DRAIN_OUTPUTS_SECONDS": "600"})
+    await pod.wait_ready()
+    code, body = await asyncio.wait_for(pod.get("/drain"), 120)  # not 600: bounded generously
+    assert code == 200 and body["drained"] is True
 
 
 async def test_drain_gives_up_at_its_deadline(start_pod: Callable[..., Any]) -> None:

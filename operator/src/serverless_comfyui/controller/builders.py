@@ -266,6 +266,14 @@ def _volumes(name: str, spec: FluxWorkflowSpec) -> list[dict[str, Any]]:
     return volumes
 
 
+# What the entrypoint needs after its drain: stopping ComfyUI (CHILD_STOP_TIMEOUT_SECONDS).
+STOP_SECONDS = 10
+
+
+def _drain_seconds(spec: FluxWorkflowSpec) -> int:
+    return max(0, spec.termination_grace_period_seconds - STOP_SECONDS)
+
+
 def comfyui_deployment(
     name: str,
     namespace: str,
@@ -300,6 +308,8 @@ def comfyui_deployment(
                     {"name": "COMFYUI_PORT", "value": str(spec.port)},
                     {"name": "HEALTH_PORT", "value": str(health)},
                     {"name": "WARMUP_WORKFLOW", "value": f"{CONFIG_DIR}/warmup.json"},
+                    # The drain ends before the grace period does, leaving ComfyUI time to stop.
+                    {"name": "DRAIN_TIMEOUT_SECONDS", "value": str(_drain_seconds(spec))},
                     *[e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or []],
                 ],
                 "resources": _resources(spec, profile),

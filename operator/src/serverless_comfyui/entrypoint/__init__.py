@@ -10,7 +10,8 @@ answers, runs the warm-up graph (`WARMUP_WORKFLOW`) once, and serves the kubelet
 * `GET /livez`   200 while ComfyUI runs and answers; 503 once it died (the entrypoint then
   exits with ComfyUI's exit code) or stopped answering for `LIVENESS_STALE_SECONDS`.
 * `GET /drain`   the preStop hook: readyz turns 503 at once, then the call returns when
-  ComfyUI's queue is empty (`{"drained": true}`) or at `DRAIN_TIMEOUT_SECONDS`
+  ComfyUI's queue is empty (`{"drained": true}`; after `DRAIN_OUTPUTS_SECONDS` more when it
+  had to wait, so that the prompts' outputs can still be fetched) or at `DRAIN_TIMEOUT_SECONDS`
   (`{"drained": false, "remaining": N}`).
 * `GET /status`  a JSON summary (phase, warm-up attempts and duration, child pid, ...).
 

@@ -261,13 +261,16 @@ class Entrypoint:
     # -- drain ------------------------------------------------------------------------------
 
     async def drain(self) -> dict[str, Any]:
-        """Stop being Ready, then wait until ComfyUI has nothing running and nothing pending."""
+        """Stop being Ready, then wait until ComfyUI has nothing running and nothing pending (and,
+        when that took waiting, DRAIN_OUTPUTS_SECONDS more: the preStop hook's return stops the
+        container, and the prompts' clients have yet to fetch their outputs)."""
         settings = self.settings
         self.draining = True
         started = time.monotonic()
         deadline = started + settings.drain_timeout_seconds
         self.log.info("draining", timeout_seconds=settings.drain_timeout_seconds)
         remaining: int | None = None
+        waited = False
         while True:
             if not self.child.running or not self._answered.is_set():
                 # Nothing can be queued on a ComfyUI that is gone or never came up.
@@ -279,8 +282,13 @@ class Entrypoint:
                     )
             seconds = round(time.monotonic() - started, 3)
             if remaining == 0:
-                self.log.info("drained", seconds=seconds)
+                self.log.info("drained", seconds=seconds, waited=waited)
+                if waited:  # prompts just finished: their outputs are still to be fetched
+                    await asyncio.sleep(
+                        max(0.0, min(settings.drain_outputs_seconds, deadline - time.monotonic()))
+                    )
                 return {"drained": True, "seconds": seconds}
+            waited = waited or bool(remaining)
             if time.monotonic() >= deadline:
                 self.log.warning(
                     "drain deadline reached with work left (DRAIN_TIMEOUT_SECONDS)",

@@ -54,6 +54,12 @@ class EntrypointSettings(BaseSettings):
     startup_timeout_seconds: float = Field(default=1800.0, gt=0)
     drain_timeout_seconds: float = Field(default=590.0, ge=0)
     drain_poll_seconds: float = Field(default=0.5, gt=0)
+    drain_outputs_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="after a drain that waited for prompts, ComfyUI keeps serving this long so"
+        " their clients fetch the outputs (/history, /view) before the container stops",
+    )
     child_stop_timeout_seconds: float = Field(
         default=10.0, ge=0, description="SIGTERM to SIGKILL, when the container is stopped"
     )

@@ -18,10 +18,10 @@ TOOL_MODULES := $(wildcard tools/*/go.mod tools/*/go.sum)
 TOOLS_STAMP := .tools/bin/.built-$(shell cat $(TOOL_MODULES) scripts/build-tools.sh | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock comfyui-env tools containers redis chromium lint fmt test test-unit test-integration up down clean images bench e2e-kind
+.PHONY: help venv lock comfyui-env tools containers redis chromium lint fmt test test-unit test-integration up down clean images bench e2e e2e-kind
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(UV): scripts/uv-requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.11" >&2; exit 1; }
@@ -83,8 +83,14 @@ test-unit: venv redis ## unit tests only (no control plane, no images, no real C
 test-integration: tools venv redis containers chromium comfyui-env ## integration tests on the real control plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
-up: tools venv ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods)
-	$(PY) -m serverless_comfyui.testworld up --state-dir .local
+REAL ?=
+# REAL=1: the chart on a real kubelet node with the images `make images` built (real ComfyUI).
+UP_DEPS := tools venv $(if $(REAL),containers images)
+up: $(UP_DEPS) ## run the local test world (control plane, fake GPU nodes, emulated ComfyUI pods; REAL=1: the real images on a real node)
+	$(PY) -m serverless_comfyui.testworld up --state-dir .local $(if $(REAL),--real)
+
+e2e: tools venv containers images ## the chart on the test world's real node: helm, the built images, real ComfyUI on CPU (part of `make test`)
+	$(PY) -m pytest tests/integration/test_real_node_chart.py $(PYTEST_ARGS)
 
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m serverless_comfyui.testworld down --state-dir .local; else echo "nothing to stop"; fi

@@ -232,9 +232,15 @@ def distinct_colours(png: Path) -> int:
 
 @pytest.mark.timeout(REAL_START_SECONDS + BROWSER_START_SECONDS + EDITOR_SECONDS + 120)
 async def test_graph_editor_renders_through_the_proxy(stack: Stack, tmp_path: Path) -> None:
-    url = f"{stack.proxy_url}/ui/{stack.model}/"
-    origin = urlsplit(stack.proxy_url).netloc
-    prefix = f"/ui/{stack.model}/"
+    await check_graph_editor(stack.proxy_url, stack.model, tmp_path)
+
+
+async def check_graph_editor(proxy_url: str, model: str, tmp_path: Path) -> None:
+    """ComfyUI's graph editor renders in Chromium through the proxy's `/ui/<model>/`, with
+    every request through that prefix; the screenshot goes to `.artifacts/webui-<model>.png`."""
+    url = f"{proxy_url}/ui/{model}/"
+    origin = urlsplit(proxy_url).netloc
+    prefix = f"/ui/{model}/"
     # A first visit opens the templates browser over an empty graph; a returning user (the
     # setting stored on the pod, set here through the proxy's prefix) gets the default graph.
     async with (
@@ -264,7 +270,7 @@ async def test_graph_editor_renders_through_the_proxy(stack: Stack, tmp_path: Pa
             )
             state = result["result"]["value"]
             shot = await page.call("Page.captureScreenshot", format="png")
-            png = artifacts_dir() / f"webui-{stack.model}.png"
+            png = artifacts_dir() / f"webui-{model}.png"
             png.write_bytes(base64.b64decode(shot["data"]))
             events = list(page.events)
     rendered = time.monotonic() - started

@@ -9,6 +9,7 @@ image comes back. The host reaches the proxy pod at its pod IP, through the worl
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
+from test_comfyui_web_ui import check_graph_editor
 from test_real_node import POD_WAIT, watch_node
 
 from serverless_comfyui.testworld import MissingToolError, TestWorld, find_tools_bin
@@ -372,3 +374,29 @@ async def test_a_deleted_pod_drains_its_prompt_before_it_stops(
     log = out.decode(errors="replace")
     drained = [json.loads(line) for line in log.splitlines() if '"event": "drained"' in line]
     assert drained and drained[0]["waited"] is True, log[-2000:]
+
+
+@pytest.mark.timeout(COLD_START_SECONDS + 300)
+async def test_the_real_web_ui_renders_through_the_proxy_pod(
+    installed: RealRelease, tmp_path: Path
+) -> None:
+    """The graph editor of the ComfyUI pod on the node, in headless Chromium, via the proxy
+    pod's `/ui/real/` (screenshot: .artifacts/webui-real.png)."""
+    await check_graph_editor(installed.proxy_url(), APP, tmp_path)
+
+
+async def test_the_generation_api_runs_the_applications_own_workflow(
+    installed: RealRelease,
+) -> None:
+    """`/v1/generate` with only a model runs the workflow its FluxWorkflow serves (`warmup`,
+    weightless), not the API's default Flux workflow, and returns the PNG inline."""
+    timeout = aiohttp.ClientTimeout(total=COLD_START_SECONDS)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.post(f"{installed.proxy_url()}/v1/generate", json={"model": APP}) as answer,
+    ):
+        task = await answer.json()
+    assert answer.status == 200, task
+    assert task["workflow"] == "warmup" and task["status"] == "completed", task
+    png = base64.b64decode(task["results"][0]["base64"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from serverless_comfyui.proxy import ids
+from serverless_comfyui.proxy.kube import app_spec
 from serverless_comfyui.proxy.registry import (
     App,
     HoldRejectedError,
@@ -96,3 +97,16 @@ async def test_holds_are_bounded_in_time_and_count() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     assert app.held == 0
+
+
+def test_the_generation_api_learns_each_applications_library_workflow() -> None:
+    """A FluxWorkflow serving `warmup` gets `warmup` from /v1/generate when the request names
+    no workflow (not the API's default Flux workflow); a ConfigMap workflow gives none."""
+    registry = Registry()
+    registry.ensure("real").spec = app_spec("ns", {"workflow": {"name": "warmup"}})
+    registry.ensure("custom").spec = app_spec(
+        "ns", {"workflow": {"configMapRef": {"name": "w", "key": "workflow.json"}}}
+    )
+    assert registry.workflow_of("real") == "warmup"
+    assert registry.workflow_of("custom") is None
+    assert registry.workflow_of("unknown") is None

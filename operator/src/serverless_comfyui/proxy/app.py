@@ -143,6 +143,7 @@ def create_app(settings: ProxySettings, registry: Registry, control: Control) ->
         None,
         settings.hold_timeout_seconds,
         settings.max_held_per_model,
+        workflow_of=registry.workflow_of,
         synced=lambda: control.synced,
     )
     ui.add_routes(app)

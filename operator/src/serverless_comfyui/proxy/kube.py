@@ -138,7 +138,13 @@ def app_spec(namespace: str, spec: dict[str, Any]) -> AppSpec:
         target_requests=max(1, number("targetRequests", 5)),
         scale_down_delay_seconds=float(number("scaleDownDelaySeconds", 30)),
         replicas=number("replicas", 0),
+        workflow=_library_workflow(spec.get("workflow")),
     )
+
+
+def _library_workflow(workflow: Any) -> str | None:
+    name = workflow.get("name") if isinstance(workflow, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 class KubeControl:

@@ -61,6 +61,9 @@ class AppSpec:
     scale_down_delay_seconds: float = 30.0
     replicas: int = 0
     """The FluxWorkflow's spec.replicas (what the scale subresource says now)."""
+    workflow: str | None = None
+    """The library workflow it serves (spec.workflow.name; None for a ConfigMap's): what the
+    generation API runs for the application when a request names none."""
 
 
 @dataclass
@@ -196,6 +199,11 @@ class Registry:
 
     def get(self, model: str) -> App | None:
         return self.apps.get(model)
+
+    def workflow_of(self, model: str) -> str | None:
+        """The library workflow the application serves (its FluxWorkflow's), if known."""
+        app = self.apps.get(model)
+        return app.spec.workflow if app is not None else None
 
     def ensure(self, model: str) -> App:
         app = self.apps.get(model)

@@ -90,7 +90,7 @@ the images `make images` built; the operator, the proxy and ComfyUI run as conta
   model:       {model}   (the default FluxWorkflow, scaled to zero; its workflow needs no weights)
   web UI:      {ui}   (the first visit starts ComfyUI: about a minute)
   an image:    curl -s {proxy}/v1/generate -H 'Content-Type: application/json' \\
-                 -d '{{"model": "{model}"}}'
+                 -d '{{"model": "{model}"}}'   (JSON; the PNG is in results[0].base64)
 """
 
 
@@ -163,10 +163,15 @@ def up(state: Path, options: Options) -> int:
     info = json.loads((state / "ready").read_text())
     server = info["server"]
     real = info.get("realNodes")
-    containers = (
-        "No GPU runs; containers run on the real nodes only."
-        if real
-        else "No GPU and no container runs."
+    simulated = (
+        "SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu"
+        " each, cpu-0)\nand every pod labelled app.kubernetes.io/component=comfyui on them is"
+        f" served by a ComfyUI emulator\non its loopback pod IP ({options.pod_cidr})."
+        + (
+            " No GPU runs; containers run on the real nodes only."
+            if real
+            else " No GPU and no container runs."
+        )
     )
     if "ui" in info:
         print(REAL_BANNER.format(state=state, **info))
@@ -179,9 +184,7 @@ The test world is up (a real Kubernetes {server} control plane on loopback).
   try:         export KUBECONFIG={state / "kubeconfig"}
                .tools/bin/kubectl get nodes -L nvidia.com/gpu.product
 
-SIMULATED: the GPU nodes are KWOK fakes (gpu-h100-0, gpu-h800-0 with 8 x nvidia.com/gpu each,
-cpu-0) and every pod labelled app.kubernetes.io/component=comfyui is served by a ComfyUI emulator
-on its loopback pod IP ({options.pod_cidr}). {containers}
+{simulated}
 Stop it with `make down`.
 """
     )

@@ -34,7 +34,7 @@ from serverless_comfyui.testworld.nodeconfig import (
     write_enter_script,
 )
 from serverless_comfyui.testworld.nodes import H100_PRODUCT, REAL_NODE_PREFIX, gpu_labels
-from serverless_comfyui.testworld.nodeteardown import teardown
+from serverless_comfyui.testworld.nodeteardown import mounts_under, teardown
 from serverless_comfyui.testworld.processes import ManagedProcess, pipe, rss, wait_until
 
 REAL_NODE_GPUS = 8
@@ -119,6 +119,11 @@ class RealNode:
                 self._janitor.kill()
             self._janitor = None
         teardown(self.files.root)
+        # containerd's content and snapshots: the imported images, unpacked (~11 GB with the
+        # ComfyUI image), which pytest would otherwise keep for its last three runs. The logs
+        # are in the world's logs folder. Never through a mount that teardown left behind.
+        if not mounts_under(self.files.root):
+            shutil.rmtree(self.files.path("containerd"), ignore_errors=True)
 
     def check_alive(self) -> None:
         for proc in self.processes:

@@ -120,8 +120,9 @@ class Browser:
 
 
 @contextlib.contextmanager
-def start_chromium(log_dir: Path) -> Iterator[Browser]:
-    """Headless Chromium with a fresh profile, DevTools on a kernel-chosen loopback port."""
+def start_chromium(log_dir: Path, host: str = "127.0.0.1") -> Iterator[Browser]:
+    """Headless Chromium with a fresh profile, DevTools on a kernel-chosen loopback port; host
+    (the proxy's address) is the one name it resolves."""
     binary = chromium_binary()
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=log_dir))
     args = [
@@ -130,8 +131,8 @@ def start_chromium(log_dir: Path) -> Iterator[Browser]:
         "--no-default-browser-check", "--disable-background-networking", "--disable-sync",
         "--disable-component-update", "--disable-default-apps", "--disable-extensions",
         "--disable-dev-shm-usage", "--no-proxy-server", "--window-size=1440,900",
-        # No name resolves: nothing can leave the machine; the page only has 127.0.0.1.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        # No name resolves: nothing can leave the machine; the page only has the proxy's host.
+        f"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {host}",
         "about:blank",
     ]  # fmt: skip
     if os.geteuid() == 0:
@@ -249,7 +250,7 @@ async def check_graph_editor(proxy_url: str, model: str, tmp_path: Path) -> None
     ):
         assert answer.status == 200, await answer.text()
     started = time.monotonic()
-    with start_chromium(tmp_path) as browser:
+    with start_chromium(tmp_path, urlsplit(proxy_url).hostname or "127.0.0.1") as browser:
         async with devtools(browser) as page:
             for domain in ("Page", "Runtime", "Network"):
                 await page.call(f"{domain}.enable")
